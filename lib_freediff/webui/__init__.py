@@ -1,0 +1,1 @@
+"""The only package of sd-webui-freediff that imports the WebUI's ``modules``."""

@@ -1,0 +1,134 @@
+"""Per-generation state of each feature and its guaranteed cleanup.
+
+A feature attaches hooks in ``process`` and removes them in ``postprocess``. When a generation raises
+instead, postprocess never runs; the WebUI still closes ``p`` (``with closing(p)`` in the UI and API
+paths), so the session also ends there, and any session still alive when the next generation starts
+is ended first. Only one generation runs at a time in the WebUI.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Callable, Protocol
+
+from modules import script_callbacks
+
+from lib_freediff.errors import FreeDiffError
+
+
+class Session(Protocol):
+    def close(self) -> None: ...
+
+    def on_cfg_denoiser(self, params) -> None: ...
+
+
+_sessions: dict[str, Session] = {}
+_CLOSE_MARK = "_freediff_close_wrapped"
+
+
+def start(feature: str, p, session: Session) -> Session:
+    """Makes ``session`` the live session of ``feature`` for generation ``p`` (ending any stale one)."""
+    end(feature)
+    _sessions[feature] = session
+    _hook_close(p)
+    return session
+
+
+def get(feature: str):
+    return _sessions.get(feature)
+
+
+def end(feature: str) -> None:
+    session = _sessions.pop(feature, None)
+    if session is not None:
+        try:
+            session.close()
+        except Exception:
+            traceback.print_exc()
+
+
+def end_all() -> None:
+    for feature in list(_sessions):
+        end(feature)
+
+
+def _hook_close(p) -> None:
+    """Ends every session when ``p.close()`` runs (the WebUI's ``closing(p)``, also after an exception)."""
+    if getattr(p, _CLOSE_MARK, False):
+        return
+    original = p.close
+
+    def close_and_end_sessions(*args, **kwargs):
+        try:
+            end_all()
+        finally:
+            return original(*args, **kwargs)
+
+    # an attribute of this one processing object: nothing global is patched
+    p.close = close_and_end_sessions
+    setattr(p, _CLOSE_MARK, True)
+
+
+def on_cfg_denoiser(params) -> None:
+    for session in list(_sessions.values()):
+        session.on_cfg_denoiser(params)
+
+
+class RefusalGate:
+    """Stops a generation with a clear error before any model work.
+
+    The WebUI catches and only prints exceptions from script methods, so a bad API value would be
+    ignored silently; a forward pre-hook on the text encoder and U-Net raises the error instead, and
+    the API answers 422 with it.
+    """
+
+    def __init__(self, sd_model, error: FreeDiffError):
+        self.error = error
+        self._handles = []
+        for module in _gated_modules(sd_model):
+            self._handles.append(module.register_forward_pre_hook(self._refuse))
+
+    def _refuse(self, module, args):
+        raise self.error
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def on_cfg_denoiser(self, params) -> None:
+        pass
+
+
+def _gated_modules(sd_model):
+    modules = []
+    for name in ("cond_stage_model", "conditioner"):
+        module = getattr(sd_model, name, None)
+        if module is not None and hasattr(module, "register_forward_pre_hook"):
+            modules.append(module)
+    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    if unet is not None:
+        modules.append(unet)
+    return modules
+
+
+def refuse(feature: str, p, error: FreeDiffError) -> None:
+    """Reports ``error`` and makes the current generation fail with it."""
+    print(f"[sd-webui-freediff] {error}")
+    start(f"{feature}/refusal", p, RefusalGate(p.sd_model, error))
+
+
+def guarded(feature: str, p, action: Callable[[], None]) -> None:
+    """Runs ``action``; a FreeDiffError from it refuses the generation instead of being swallowed."""
+    try:
+        action()
+    except FreeDiffError as error:
+        refuse(feature, p, error)
+
+
+def register_callbacks() -> None:
+    """Called at each (re)load of the script files: the WebUI clears callbacks before reloading."""
+    script_callbacks.remove_callbacks_for_function(on_cfg_denoiser)
+    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="freediff")
+    script_callbacks.remove_callbacks_for_function(end_all)
+    script_callbacks.on_script_unloaded(end_all, name="freediff")

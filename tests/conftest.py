@@ -1,0 +1,26 @@
+import os
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUB = os.path.join(ROOT, "tests", "webui_stub")
+for path in (ROOT, STUB):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("FREEDIFF_STUB_DATA", tempfile.mkdtemp(prefix="freediff-stub-data-"))
+
+import torch  # noqa: E402
+
+# tiny models are far steadier (and, on 2 cores, not slower) on one thread
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def presets_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "presets"
+    monkeypatch.setenv("FREEDIFF_PRESETS_DIR", str(folder))
+    return folder

@@ -1,0 +1,143 @@
+"""Drives the extension through the WebUI stand-in the way a user does: UI controls built by the
+scripts' ``ui()``, args laid out as the WebUI lays them, generations through ``process_images`` or
+through the HTTP API, images and infotext out."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+from contextlib import closing
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import processing, script_callbacks, scripts, shared
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT_FILES = ["freediff_freeu.py"]
+
+
+def load_script_module(filename: str):
+    path = os.path.join(ROOT, "scripts", filename)
+    spec = importlib.util.spec_from_file_location(filename, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class WebUI:
+    """Both tabs of a WebUI with our scripts loaded and their UI built (as at WebUI start)."""
+
+    def __init__(self, script_files=None, sd_model=None):
+        script_callbacks.clear_callbacks()
+        self.modules = [load_script_module(f) for f in (script_files if script_files is not None else SCRIPT_FILES)]
+        self.runners = {}
+        self.default_args = {}
+        self.scripts = {}
+        with gr.Blocks() as self.demo:
+            for tab, is_img2img in (("txt2img", False), ("img2img", True)):
+                runner = scripts.ScriptRunner()
+                for module in self.modules:
+                    for cls in _script_classes(module):
+                        script = cls()
+                        script.filename = module.__file__
+                        with gr.Group():
+                            runner.add_alwayson(script, is_img2img)
+                        self.scripts[(tab, script.title())] = script
+                self.runners[tab] = runner
+                self.default_args[tab] = [None] + [c.value for c in runner.inputs[1:]]
+        script_callbacks.before_ui_callback()
+        # each WebUI keeps the callbacks its scripts registered (a bare one has none of ours)
+        self.callbacks = {k: list(v) for k, v in script_callbacks.callback_map.items()}
+        if sd_model is not None:
+            shared.sd_model = sd_model
+
+    def script_args(self, tab: str, per_script: dict | None = None) -> list:
+        """The args of a generation: UI defaults, with ``{title: args}`` placed at each script's slots."""
+        args = list(self.default_args[tab])
+        for title, values in (per_script or {}).items():
+            script = self.scripts[(tab, title)]
+            for i, value in enumerate(values):
+                args[script.args_from + i] = value
+        return args
+
+    def activate(self):
+        for key, value in self.callbacks.items():
+            script_callbacks.callback_map[key][:] = value
+
+    def txt2img(self, per_script=None, **kwargs):
+        self.activate()
+        kwargs.setdefault("width", 64)
+        kwargs.setdefault("height", 64)
+        kwargs.setdefault("steps", 4)
+        kwargs.setdefault("seed", 1)
+        p = processing.StableDiffusionProcessingTxt2Img(scripts=self.runners["txt2img"], script_args=self.script_args("txt2img", per_script), **kwargs)
+        with closing(p):
+            return processing.process_images(p)
+
+    def img2img(self, per_script=None, **kwargs):
+        self.activate()
+        kwargs.setdefault("width", 64)
+        kwargs.setdefault("height", 64)
+        kwargs.setdefault("steps", 4)
+        kwargs.setdefault("seed", 1)
+        kwargs.setdefault("init_images", [make_image(kwargs["width"], kwargs["height"])])
+        p = processing.StableDiffusionProcessingImg2Img(scripts=self.runners["img2img"], script_args=self.script_args("img2img", per_script), **kwargs)
+        with closing(p):
+            return processing.process_images(p)
+
+    def api_client(self):
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+
+        from modules.api.api import Api
+
+        self.activate()
+        app = FastAPI()
+        Api(app, self.runners, self.default_args)
+        script_callbacks.app_started_callback(None, app)
+        return TestClient(app, raise_server_exceptions=False)
+
+
+def _script_classes(module):
+    return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script and v.__module__ == module.__name__]
+
+
+def make_image(width=64, height=64, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 5.0)], axis=-1)
+    noise = rng.normal(0, 0.05, size=base.shape)
+    return Image.fromarray((np.clip(base + noise, 0, 1) * 255).astype(np.uint8))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def b64_png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def image_from_b64(data: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def infotexts_of(api_response: dict) -> list[str]:
+    return json.loads(api_response["info"])["infotexts"]
+
+
+def same_images(a, b) -> bool:
+    return len(a.images) == len(b.images) and all(np.array_equal(pixels(x), pixels(y)) for x, y in zip(a.images, b.images))
+
+
+def unet_forward_counter(unet: torch.nn.Module, record: list, probe):
+    """Records ``probe()`` at each U-Net forward; returns the hook handle."""
+    return unet.register_forward_pre_hook(lambda module, args: record.append(probe()))

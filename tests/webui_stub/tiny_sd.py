@@ -1,0 +1,163 @@
+"""Small random-weight Stable Diffusion models in the real architectures, shaped like the WebUI's sd_model.
+
+U-Nets are ldm's ``UNetModel`` (SD1.5 / SD2 / SDXL topologies at small widths); the VAE is ldm's
+Encoder/Decoder pair with AutoencoderKL's key layout (the Lightning wrapper itself needs
+pytorch_lightning, which the WebUI ships but tests do not need).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+
+import torch
+from ldm.modules.diffusionmodules.model import Decoder, Encoder
+from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+
+def randomize_zero_init(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """ldm zero-initialises output convs (a trained model is never zero there); give them weights so
+    a random model's output depends on every block."""
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.dim() > 1 and not param.any():
+                param.copy_(torch.randn(param.shape, generator=g) * scale)
+    return module
+
+
+def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_dim=None):
+    """A small UNetModel of the family's topology: SD1.5 (4 levels, attention at 3), SD2 (linear
+    projections, context 1024, head width 64), SDXL (3 levels, attention at the 2 lower, context 2048,
+    label embedding); ``context_dim`` narrows the cross-attention width for speed where family facts
+    (context width) do not matter."""
+    torch.manual_seed(seed)
+    if family == "sdxl":
+        unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
+                         attention_resolutions=[2, 4], num_res_blocks=1, channel_mult=(1, 2, 4), num_head_channels=16,
+                         use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                         context_dim=context_dim or 2048, legacy=False)
+        # SDXL's class embedding of the pooled text + size vector, as sgm builds it
+        adm = 64
+        unet.num_classes = "sequential"
+        unet.label_emb = torch.nn.Sequential(torch.nn.Sequential(
+            torch.nn.Linear(adm, 4 * model_channels), torch.nn.SiLU(), torch.nn.Linear(4 * model_channels, 4 * model_channels)))
+        unet.adm_in_channels = adm
+    elif family == "sd2":
+        unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
+                         attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4), num_head_channels=16,
+                         use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                         context_dim=context_dim or 1024, legacy=False)
+    else:
+        unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
+                         attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4), num_heads=8,
+                         use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim or 768, legacy=False)
+    return randomize_zero_init(unet, seed).eval()
+
+
+def sd15_unet_full_blocks(model_channels=32, seed=0, context_dim=64):
+    """SD1.5's exact block layout (2 res blocks a level, 12 output blocks) at a small width."""
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
+                     attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_heads=8,
+                     use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim, legacy=False)
+    return randomize_zero_init(unet, seed).eval()
+
+
+def sdxl_unet_full_blocks(model_channels=32, seed=0, context_dim=64):
+    """SDXL's block layout (3 levels, 2 res blocks a level, 9 output blocks) at a small width."""
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
+                     attention_resolutions=[2, 4], num_res_blocks=2, channel_mult=(1, 2, 4), num_head_channels=16,
+                     use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                     context_dim=context_dim, legacy=False)
+    return randomize_zero_init(unet, seed).eval()
+
+
+class TinyAutoencoderKL(torch.nn.Module):
+    """AutoencoderKL's modules and keys (encoder, decoder, quant_conv, post_quant_conv)."""
+
+    def __init__(self, ch=32, ch_mult=(1, 2, 2, 2), embed_dim=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        dd = dict(double_z=True, z_channels=4, resolution=64, in_channels=3, out_ch=3, ch=ch, ch_mult=list(ch_mult),
+                  num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+        self.encoder = Encoder(**dd)
+        self.decoder = Decoder(**dd)
+        self.quant_conv = torch.nn.Conv2d(2 * dd["z_channels"], 2 * embed_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, dd["z_channels"], 1)
+
+    def encode(self, x):
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z):
+        return self.decoder(self.post_quant_conv(z))
+
+
+class HashTextEncoder(torch.nn.Module):
+    """Deterministic stand-in for CLIP text conditioning: (B, 77, dim) from word hashes."""
+
+    def __init__(self, dim, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embedding = torch.nn.Embedding(4096, dim)
+        self.dim = dim
+
+    def forward(self, prompts):
+        rows = []
+        for prompt in prompts:
+            ids = [int(hashlib.md5(w.encode()).hexdigest(), 16) % 4096 for w in prompt.split()][:75]
+            ids = [0] + ids + [1] * (76 - len(ids))
+            rows.append(self.embedding(torch.tensor(ids)))
+        return torch.stack(rows) * 0.5
+
+
+class TinySD(torch.nn.Module):
+    """The parts of the WebUI's ``shared.sd_model`` (LatentDiffusion / DiffusionEngine) the pipeline uses."""
+
+    def __init__(self, family="sd1", unet=None, inpainting=False, seed=0, context_dim=None):
+        super().__init__()
+        self.family = family
+        self.is_sdxl = family == "sdxl"
+        self.is_sd2 = family == "sd2"
+        self.is_sd1 = family == "sd1"
+        unet = unet or tiny_unet(family, in_channels=9 if inpainting else 4, seed=seed, context_dim=context_dim)
+        self.model = types.SimpleNamespace(diffusion_model=unet, conditioning_key="hybrid" if inpainting else "crossattn")
+        self.diffusion_model = unet  # registers the U-Net as a submodule
+        self.first_stage_model = TinyAutoencoderKL(seed=seed)
+        ctx = context_dim or {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
+        self.cond_stage_model = HashTextEncoder(ctx, seed=seed)
+        self.parameterization = "eps"
+        self.scale_factor = 0.18215
+        self.latent_channels = 4
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0).float())
+        self.sd_model_hash = "0123abcd"
+        self.sd_checkpoint_info = types.SimpleNamespace(name_for_extra="tiny", short_title="tiny", filename="tiny.safetensors")
+        self.eval()
+
+    def get_learned_conditioning(self, prompts):
+        c = self.cond_stage_model(list(prompts))
+        if self.is_sdxl:
+            vector = c.mean(dim=1)[:, :64] if c.shape[-1] >= 64 else torch.nn.functional.pad(c.mean(dim=1), (0, 64 - c.shape[-1]))
+            return {"crossattn": c, "vector": vector}
+        return c
+
+    def apply_model(self, x, t, cond):
+        unet = self.model.diffusion_model
+        if self.is_sdxl:
+            return unet(x, t, context=cond["crossattn"], y=cond["vector"])
+        context = torch.cat(cond["c_crossattn"], 1)
+        if self.model.conditioning_key == "hybrid":
+            x = torch.cat([x, *cond["c_concat"]], dim=1)
+        return unet(x, t, context=context)
+
+    def encode_first_stage(self, x):
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, posterior):
+        return self.scale_factor * posterior.mode()
+
+    def decode_first_stage(self, z):
+        return self.first_stage_model.decode(z / self.scale_factor)
