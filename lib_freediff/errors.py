@@ -5,13 +5,12 @@ class FreeDiffError(ValueError):
     """A user-facing error.
 
     ``status_code``/``detail`` let the WebUI's API exception handler answer 422 with the message
-    instead of a bare 500 (it reads both attributes off the exception).
+    instead of a bare 500 (it reads both with ``vars(e)``, so they must be instance attributes).
     """
-
-    status_code = 422
 
     def __init__(self, message: str):
         super().__init__(message)
+        self.status_code = 422
         self.detail = message
 
 

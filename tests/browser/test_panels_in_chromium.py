@@ -1,0 +1,71 @@
+"""The FreeU panel rendered by gradio 3.41.2 in headless Chromium: edit controls, save a preset.
+A screenshot is kept under tests/artifacts/."""
+
+import os
+import shutil
+
+import pytest
+
+from harness import WebUI
+from modules import shared
+from tiny_sd import TinySD
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    os.environ["FREEDIFF_PRESETS_DIR"] = str(tmp_path_factory.mktemp("presets"))
+    shared.sd_model = TinySD("sd1", context_dim=64)
+    webui = WebUI()
+    webui.demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, show_api=False, quiet=True)
+    yield webui, webui.demo.local_url
+    webui.demo.close()
+    os.environ.pop("FREEDIFF_PRESETS_DIR", None)
+
+
+def choose(page, selector, option):
+    """Picks an option of a gradio 3.41 dropdown (an input with a ul.options list)."""
+    page.locator(f"{selector} input").first.click()
+    page.locator(f"{selector} ul.options li", has_text=option).first.click()
+
+
+def test_freeu_panel_controls_and_presets(page_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    webui, url = page_url
+    script = webui.scripts[("txt2img", "FreeU")]
+    prefix = script.elem_id("")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
+        page.goto(url)
+        accordion = page.locator(f"#{prefix}enabled").first
+        expect(accordion).to_be_visible(timeout=30000)
+        accordion.locator(".label-wrap").first.click()
+
+        b1 = page.locator(f"#{prefix}b1 input[type=number]")
+        expect(b1).to_be_disabled()  # family presets show their values read-only
+        choose(page, f"#{prefix}preset", "SDXL")
+        expect(b1).to_have_value("1.3")
+        choose(page, f"#{prefix}preset", "Custom")
+        expect(b1).to_be_enabled()
+        b1.fill("1.25")
+        b1.press("Enter")
+
+        page.locator(f"#{prefix}saved_preset_name textarea, #{prefix}saved_preset_name input").first.fill("browser preset")
+        page.locator(f"#{prefix}saved_preset_save").click()
+        expect(page.locator(f"#{prefix}saved_preset_status").first).to_contain_text("Saved preset browser preset", timeout=15000)
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "freeu_panel.png"), full_page=True)
+        browser.close()
+
+    from lib_freediff.webui import freeu
+
+    saved = freeu.FEATURE_SPEC.store().get("browser preset")
+    assert saved["preset"] == "Custom" and saved["b1"] == 1.25
