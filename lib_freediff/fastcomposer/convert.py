@@ -344,6 +344,11 @@ def write_webui_checkpoint(fastcomposer_ckpt, out_path, *, dtype: Optional[torch
                     return reader.get(k)
             dt = dtype if (dtype is not None and src_dt.is_floating_point) else src_dt
             items.append((dst, get, dt, tuple(shape)))
+        pos_key = TEXT_OUT + "embeddings.position_ids"
+        pe_key = next((k for k, d in plan.items() if d == TEXT_OUT + "embeddings.position_embedding.weight"), None)
+        if pe_key is not None and not any(it[0] == pos_key for it in items):
+            shape = (1, reader.shape(pe_key)[0])  # the WebUI's transformers keeps it as a persistent buffer
+            items.append((pos_key, (lambda s=shape: _position_ids(s)), torch.int64, shape))
         dsts = [it[0] for it in items]
         if len(set(dsts)) != len(dsts):
             dup = sorted({d for d in dsts if dsts.count(d) > 1})

@@ -25,7 +25,7 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -97,7 +97,10 @@ class CheckpointReader:
         for k, v in obj.items():
             if not isinstance(v, torch.Tensor):
                 raise ModelFileError(self.path, f"not a checkpoint: entry {k!r} is a {type(v).__name__}, not a tensor")
-        self._sd = dict(obj)
+        sd = dict(obj)
+        if sd and all(k.startswith("module.") for k in sd):  # saved from a DDP-wrapped model
+            sd = {k[len("module."):]: v for k, v in sd.items()}
+        self._sd = sd
         self._keys = list(self._sd.keys())
 
     # -- access ---------------------------------------------------------------------------------------
@@ -143,14 +146,7 @@ class CheckpointReader:
             raise ModelFileError(self.path, f"cannot read tensor {key} (truncated or corrupt?): {e}") from None
 
     def get_flat_head(self, key: str, n: int) -> torch.Tensor:
-        """The first ``n`` values of a tensor, flattened (reads only those for safetensors)."""
-        if self._st is not None:
-            shp = self.shape(key)
-            if len(shp) >= 1 and shp[0] > 0:
-                row = max(1, math.prod(shp[1:]))
-                rows = min(shp[0], -(-n // row))
-                t = self._st.get_slice(key)[:rows]
-                return t.reshape(-1)[:n]
+        """The first ``n`` values of a tensor, flattened."""
         return self.get(key).reshape(-1)[:n]
 
     def close(self):
@@ -194,6 +190,7 @@ def _torch_load_weights_only(path: str):
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError,
             UnicodeDecodeError, ImportError, MemoryError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split(". ")[0]
         if "central directory" in first or "zip archive" in first:
             raise ModelFileError(path, f"the file is truncated or corrupt (unreadable zip archive): {first[:200]}") from None
         raise ModelFileError(path, f"not a readable PyTorch checkpoint (truncated or corrupt?): {first[:200]}") from None
@@ -523,16 +520,21 @@ class FastComposerCache:
                 finally:
                     self._on_device_depth -= 1
                 return
-            saved = {id(t): t.data for t in list(model.parameters()) + list(model.buffers())}
-            tensors = list(model.parameters()) + list(model.buffers())
+            # Module.to() rewrites parameters' .data in place but replaces buffer tensors: keep both.
+            params = [(mod, name, p, p.data) for mod in model.modules()
+                      for name, p in mod._parameters.items() if p is not None]
+            buffers = [(mod, name, b) for mod in model.modules() for name, b in mod._buffers.items() if b is not None]
             self._on_device_depth = 1
             try:
                 model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
                 yield model
             finally:
                 self._on_device_depth = 0
-                for t in tensors:
-                    t.data = saved[id(t)]
+                for mod, name, p, data in params:
+                    p.data = data
+                    mod._parameters[name] = p
+                for mod, name, b in buffers:
+                    mod._buffers[name] = b
                 if torch.device(device).type == "cuda" and torch.cuda.is_available():
                     torch.cuda.empty_cache()
 

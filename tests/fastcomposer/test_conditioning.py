@@ -220,3 +220,35 @@ def test_bad_alpha(alpha):
     with pytest.raises(ParamError) as e:
         delayed_switch_step(alpha, 20)
     assert e.value.param == "alpha"
+
+
+def test_random_prompts_agree_with_the_layout_model(tokenize):
+    """Seeded fuzz: emphasis, weights, BREAK, commas, long prompts; the token at each computed position
+    is the marked noun's last sub-token in the WebUI-style layout."""
+    import random
+
+    rng = random.Random(1234)
+    words = ["a", "photo", "of", "red", "tall", "beach", "sunset", "dumbledore", "golden", "hour", "man's",
+             "t-shirt", "r2d2", "highly", "detailed"]
+    nouns = ["man", "woman", "dog", "einstein", "dumbledore", "cat", "robot"]
+    for _ in range(150):
+        parts, n_markers = [], 0
+        for _ in range(rng.randint(1, 60)):
+            r = rng.random()
+            if r < 0.08:
+                noun = rng.choice(nouns)
+                form = rng.choice(["{} img", "({} img)", "({} img:1.3)", "[{} img]", "({}:0.8) img", "{}, img"])
+                parts.append(form.format(noun))
+                n_markers += 1
+            elif r < 0.15:
+                parts.append(",")
+            elif r < 0.17:
+                parts.append("BREAK")
+            elif r < 0.22:
+                parts.append("(" + rng.choice(words) + ")")
+            else:
+                parts.append(rng.choice(words))
+        prompt = " ".join(parts)
+        lay = _check_against_layout(prompt, tokenize, comma_padding_backtrack=rng.choice([0, 20]))
+        assert len(lay.positions) == n_markers
+        assert "img" not in lay.clean_prompt.split()

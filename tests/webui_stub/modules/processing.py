@@ -13,6 +13,12 @@ from modules.shared import opts, state
 
 opt_C = 4
 opt_f = 8
+LATENT_UPSCALE_MODES = {
+    "Latent": {"mode": "bilinear", "antialias": False},
+    "Latent (antialiased)": {"mode": "bilinear", "antialias": True},
+    "Latent (bicubic)": {"mode": "bicubic", "antialias": False},
+    "Latent (nearest)": {"mode": "nearest", "antialias": False},
+}
 
 
 class StableDiffusionProcessing:
@@ -189,6 +195,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.hr_sampler_name = hr_sampler_name
         self.hr_upscale_to_x = 0
         self.hr_upscale_to_y = 0
+        self.truncate_x = 0
+        self.truncate_y = 0
 
     def calculate_target_resolution(self):
         if self.hr_resize_x == 0 and self.hr_resize_y == 0:
@@ -197,8 +205,25 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             self.hr_upscale_to_y = int(self.height * self.hr_scale)
         else:
             self.extra_generation_params["Hires resize"] = f"{self.hr_resize_x}x{self.hr_resize_y}"
-            self.hr_upscale_to_x = self.hr_resize_x or self.width * self.hr_resize_y // self.height
-            self.hr_upscale_to_y = self.hr_resize_y or self.height * self.hr_resize_x // self.width
+            if self.hr_resize_y == 0:
+                self.hr_upscale_to_x = self.hr_resize_x
+                self.hr_upscale_to_y = self.hr_resize_x * self.height // self.width
+            elif self.hr_resize_x == 0:
+                self.hr_upscale_to_x = self.hr_resize_y * self.width // self.height
+                self.hr_upscale_to_y = self.hr_resize_y
+            else:
+                # cover the requested size keeping the first pass's aspect, then crop the latent (truncate)
+                target_w, target_h = self.hr_resize_x, self.hr_resize_y
+                src_ratio = self.width / self.height
+                dst_ratio = self.hr_resize_x / self.hr_resize_y
+                if src_ratio < dst_ratio:
+                    self.hr_upscale_to_x = self.hr_resize_x
+                    self.hr_upscale_to_y = self.hr_resize_x * self.height // self.width
+                else:
+                    self.hr_upscale_to_x = self.hr_resize_y * self.width // self.height
+                    self.hr_upscale_to_y = self.hr_resize_y
+                self.truncate_x = (self.hr_upscale_to_x - target_w) // opt_f
+                self.truncate_y = (self.hr_upscale_to_y - target_h) // opt_f
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         if self.enable_hr:
@@ -212,28 +237,33 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.rng.next()
         if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
+            self.scripts.process_before_every_sampling(p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
         samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning, image_conditioning=self.image_conditioning_zeros(x))
         if not self.enable_hr:
             return samples
         return self.sample_hr_pass(samples, None, seeds, subseeds, subseed_strength, prompts)
 
     def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
+        if shared.state.interrupted:
+            return samples
         self.is_hr_pass = True
         target_width, target_height = self.hr_upscale_to_x, self.hr_upscale_to_y
-        if self.hr_upscaler.startswith("Latent"):
-            samples = F.interpolate(samples, size=(target_height // opt_f, target_width // opt_f), mode="bilinear")
+        self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
+        latent_scale_mode = LATENT_UPSCALE_MODES.get(self.hr_upscaler)
+        if latent_scale_mode is not None:
+            samples = F.interpolate(samples, size=(target_height // opt_f, target_width // opt_f), mode=latent_scale_mode["mode"], antialias=latent_scale_mode["antialias"])
         else:
+            # the stand-in has no upscaler models: every image upscaler resizes bicubically
             decoded = self.sd_model.decode_first_stage(samples)
             decoded = F.interpolate(decoded, size=(target_height, target_width), mode="bicubic").clamp(-1, 1)
             samples = self.sd_model.get_first_stage_encoding(self.sd_model.encode_first_stage(decoded))
-        self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
+        samples = samples[:, :, self.truncate_y//2:samples.shape[2]-(self.truncate_y+1)//2, self.truncate_x//2:samples.shape[3]-(self.truncate_x+1)//2]
         self.rng = rng.ImageRNG(samples.shape[1:], self.seeds)
         noise = self.rng.next()
         self.setup_conds()
         if self.scripts is not None:
             self.scripts.before_hr(self)
-            self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.c, uc=self.uc)
+            self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.c, uc=self.uc)
         samples = self.sampler.sample_img2img(self, samples, noise, self.c, self.uc, steps=self.hr_second_pass_steps or self.steps, image_conditioning=self.image_conditioning_zeros(samples))
         self.is_hr_pass = False
         return samples
@@ -274,7 +304,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.rng.next()
         if self.scripts is not None:
-            self.scripts.process_before_every_sampling(self, x=self.init_latent, noise=x, c=conditioning, uc=unconditional_conditioning)
+            self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning, uc=unconditional_conditioning)
         samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning, image_conditioning=self.image_conditioning)
         if getattr(self, "mask", None) is not None:
             samples = samples * self.nmask + self.init_latent * self.mask

@@ -133,6 +133,9 @@ class ScriptRunner:
         self.alwayson_scripts.append(script)
         return script
 
+    def process_before_every_sampling(self, p, **kwargs):
+        self._call("process_before_every_sampling", p, **kwargs)
+
     def _call(self, method, p, *extra, **kwargs):
         for script in self.alwayson_scripts:
             try:
@@ -147,8 +150,6 @@ class ScriptRunner:
     def process(self, p):
         self._call("process", p)
 
-    def process_before_every_sampling(self, p, **kwargs):
-        self._call("process_before_every_sampling", p, **kwargs)
 
     def before_process_batch(self, p, **kwargs):
         self._call("before_process_batch", p, **kwargs)
