@@ -1,0 +1,82 @@
+"""Any-Size Diffusion's parameters (API field names are a stable contract). Sizes are pixels."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from lib_freediff.asd.buckets import FEATURE, bucket_set_for, parse_bucket_list
+from lib_freediff.errors import ParamError
+from lib_freediff.params import Param, ParamSet
+
+BUCKET_SETS = ("paper", "sdxl")
+MODES = ("implicit", "explicit", "none")
+TILED_VAE = ("auto", "on", "off")
+
+
+def _check_buckets(value: str) -> str:
+    """"paper", "sdxl", or a custom list "W×H, W×H, …" (validated here so every path reports it)."""
+    text = value.strip()
+    if text.lower() in BUCKET_SETS:
+        return text.lower()
+    parse_bucket_list(text)
+    return text
+
+
+def _multiple_of(n: int):
+    def check(value: int) -> int:
+        if value % n:
+            raise ValueError(f"must be a multiple of {n} px, got {value}")
+        return value
+    return check
+
+
+ASD_PARAMS = ParamSet(
+    FEATURE,
+    [
+        Param("enabled", "bool", False, "Enable Any-Size Diffusion"),
+        Param("width", "int", 2048, "Final width", 64, 16384, 8, info="any whole number of pixels"),
+        Param("height", "int", 1152, "Final height", 64, 16384, 8, info="any whole number of pixels"),
+        Param("buckets", "str", "paper", "Aspect-ratio buckets",
+              info="paper (9 ratios), sdxl (SDXL training buckets), or your own list: 512x512, 768x512, …",
+              check=_check_buckets),
+        Param("mode", "choice", "implicit", "Tiling", choices=list(MODES),
+              info="implicit: FSTD, tiles shift randomly every step; explicit: overlapping tiles averaged; none: fixed tiles"),
+        Param("tile", "int", 512, "Tile size (px)", 128, 2048, 64, check=_multiple_of(64)),
+        Param("offset_range", "int", 256, "Random offset range (px)", 0, 2048, 8, check=_multiple_of(8),
+              info="implicit mode: the grid shifts by up to this much each step"),
+        Param("reset_every", "int", 4, "Reset offset every N steps", 0, 1000, 1,
+              info="steps 0, N, 2N, … use the unshifted grid; 0 = never"),
+        Param("overlap", "int", 256, "Overlap (px, explicit mode)", 0, 2040, 8, check=_multiple_of(8)),
+        Param("tile_batch", "int", 4, "Tiles per U-Net call", 1, 64, 1),
+        Param("upscaler", "choice", "Latent", "Upscaler", choices=["Latent"], open_choices=True,
+              info="as the WebUI's hires fix: Latent modes or any image upscaler"),
+        Param("denoise", "float", 0.5, "Denoising strength", 0.0, 1.0, 0.01),
+        Param("steps", "int", 0, "Second-pass steps", 0, 150, 1, info="0 = as many as the first pass"),
+        Param("tiled_vae", "choice", "auto", "Tiled VAE", choices=list(TILED_VAE),
+              info="auto: tile the VAE above the size threshold set in Settings"),
+    ],
+    infotext_key="ASD",
+)
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Cross-field rules, with the field named."""
+    if values["mode"] == "explicit" and values["overlap"] >= values["tile"]:
+        raise ParamError(FEATURE, "overlap", f"must be smaller than the tile ({values['tile']} px)")
+    if values["mode"] == "implicit" and values["offset_range"] > values["tile"]:
+        raise ParamError(FEATURE, "offset_range", f"must be at most the tile size ({values['tile']} px)")
+
+
+def buckets_for(values: Mapping[str, Any], family: str | None):
+    """The bucket set a generation uses, scaled to the loaded model's native area for named sets."""
+    text = values["buckets"]
+    family = family or "sd1"
+    if text in BUCKET_SETS:
+        return bucket_set_for(family, text)
+    return bucket_set_for(family, "custom", parse_bucket_list(text))
+
+
+BUILTIN_PRESETS = {
+    "ASD paper (FSTD)": {"enabled": True, "mode": "implicit", "tile": 512, "offset_range": 256, "reset_every": 4},
+    "ASD explicit overlap": {"enabled": True, "mode": "explicit", "tile": 512, "overlap": 256},
+}

@@ -1,0 +1,200 @@
+"""Any-Size Diffusion through the WebUI path: panel args / API payload in, exact-size image and infotext out."""
+
+import numpy as np
+import pytest
+
+import lib_freediff.webui.asd as asd_glue
+from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images
+from lib_freediff.asd.fstd import TiledDenoiser
+from lib_freediff.freeu.unet import attached_hook_count
+from lib_freediff.webui import runtime
+from modules import shared
+from tiny_sd import TinySD
+
+ASD = "Any-Size Diffusion"
+SMALL_BUCKETS = "64x64, 96x64, 64x96, 128x64"
+# a target the tiny model renders quickly: first pass 96×64 (ratio 0.667), second pass 200×120, 2×1 tiles
+TARGET = {"enabled": True, "width": 200, "height": 120, "buckets": SMALL_BUCKETS, "tile": 128, "offset_range": 64,
+          "overlap": 64, "steps": 3, "denoise": 0.6}
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return TinySD("sd1", context_dim=64)
+
+
+@pytest.fixture(scope="module")
+def webui(sd1):
+    return WebUI(sd_model=sd1)
+
+
+@pytest.fixture(scope="module")
+def bare(sd1):
+    return WebUI(script_files=[], sd_model=sd1)
+
+
+@pytest.fixture(autouse=True)
+def model(sd1):
+    shared.sd_model = sd1
+    yield
+    vae = sd1.first_stage_model
+    assert "decode" not in vae.__dict__ and "encode" not in vae.__dict__
+    assert not runtime._sessions
+
+
+@pytest.fixture
+def tilers(monkeypatch):
+    """Every TiledDenoiser the glue creates, with its call history kept."""
+    made = []
+
+    class Recording(TiledDenoiser):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.history = []
+            made.append(self)
+
+    monkeypatch.setattr(asd_glue, "TiledDenoiser", Recording)
+    return made
+
+
+def unet_input_sizes(sd1, run):
+    sizes = []
+    handle = sd1.model.diffusion_model.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:])))
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return result, sizes
+
+
+def test_txt2img_exact_size_bucket_and_tiled_second_pass(webui, sd1, tilers):
+    res, sizes = unet_input_sizes(sd1, lambda: webui.txt2img({ASD: [TARGET]}, steps=3))
+    assert res.images[0].size == (200, 120)
+    info = res.infotexts[0]
+    assert "Size: 96x64" in info and "Hires resize: 200x120" in info
+    assert "ASD: width=200 height=120" in info and "mode=implicit" in info
+    # first pass untouched at the bucket's latent (8×12); the second pass runs on tiles of at most 16
+    assert sizes[:3] == [(8, 12)] * 3
+    assert all(h <= 16 and w <= 16 for h, w in sizes[3:]) and len(sizes) > 3
+    assert len(tilers) == 1 and tilers[0].history
+
+
+def test_odd_target_is_delivered_exactly(webui):
+    res = webui.txt2img({ASD: [{**TARGET, "width": 201, "height": 123}]}, steps=2)
+    assert res.images[0].size == (201, 123)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M"])
+def test_offsets_identical_within_a_step_and_deterministic(webui, tilers, sampler):
+    shared.opts.batch_cond_uncond = False  # cond and uncond in separate model calls
+    try:
+        webui.txt2img({ASD: [TARGET]}, steps=2, sampler_name=sampler)
+        webui.txt2img({ASD: [TARGET]}, steps=2, sampler_name=sampler)
+    finally:
+        shared.opts.batch_cond_uncond = True
+    first, second = tilers
+    by_step = {}
+    for call in first.history:
+        by_step.setdefault(call.step, set()).add(call.offset)
+    assert all(len(offsets) == 1 for offsets in by_step.values())
+    assert len(by_step) == 3  # hires pass: 3 steps
+    assert [c.offset for c in first.history] == [c.offset for c in second.history]
+
+
+def test_disabled_is_bit_identical(webui, bare):
+    assert same_images(bare.txt2img(), webui.txt2img({ASD: [{**TARGET, "enabled": False}]}))
+
+
+def test_together_with_freeu(webui):
+    res = webui.txt2img({ASD: [TARGET], "FreeU": [True]}, steps=2)
+    assert res.images[0].size == (200, 120)
+    assert "FreeU: version=2" in res.infotexts[0] and "ASD: " in res.infotexts[0]
+    assert attached_hook_count(shared.sd_model.model.diffusion_model) == 0
+
+
+def test_img2img_renders_the_target_with_tiles(webui, sd1, tilers):
+    res, sizes = unet_input_sizes(sd1, lambda: webui.img2img({ASD: [TARGET]}, init_images=[make_image(160, 96)], denoising_strength=0.5))
+    assert res.images[0].size == (200, 120)
+    assert all(h <= 16 and w <= 16 for h, w in sizes)
+    assert "ASD: width=200 height=120" in res.infotexts[0]
+
+
+def test_tiled_vae_matches_untiled_closely(webui):
+    off = webui.txt2img({ASD: [{**TARGET, "tiled_vae": "off"}]}, steps=2)
+    on = webui.txt2img({ASD: [{**TARGET, "tiled_vae": "on"}]}, steps=2)
+    assert on.images[0].size == off.images[0].size == (200, 120)
+    diff = np.abs(pixels(on.images[0]) - pixels(off.images[0]))
+    assert diff.mean() < 1.0 and diff.max() <= 8
+
+
+def test_exception_mid_generation_leaves_nothing(webui, bare, sd1):
+    calls = []
+
+    def explode(module, args):
+        calls.append(1)
+        if len(calls) == 5:  # inside the tiled second pass
+            raise RuntimeError("simulated failure")
+
+    handle = sd1.model.diffusion_model.register_forward_pre_hook(explode)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            webui.txt2img({ASD: [TARGET]}, steps=2)
+    finally:
+        handle.remove()
+    assert same_images(bare.txt2img(), webui.txt2img())
+
+
+def test_live_plan_text():
+
+    text = asd_glue.describe_plan({**asd_glue.ASD_PARAMS.defaults(), **TARGET}, is_img2img=False)
+    assert "First pass **96×64**" in text and "Second pass **200×120**: 2×1 tiles of 128 px" in text
+
+
+@pytest.fixture(scope="module")
+def client(sd1):
+    shared.sd_model = sd1
+    return WebUI().api_client()
+
+
+def test_api_dict_and_list(client):
+    payload = {"prompt": "a valley", "steps": 2, "seed": 3, "width": 512, "height": 512,
+               "alwayson_scripts": {"any-size diffusion": {"args": [TARGET]}}}
+    r = client.post("/sdapi/v1/txt2img", json=payload)
+    assert r.status_code == 200, r.text
+    assert image_from_b64(r.json()["images"][0]).size == (200, 120)
+    positional = [True, 200, 120, SMALL_BUCKETS, "implicit", 128, 64, 4, 64, 4, "Latent", 0.6, 3, "auto"]
+    r2 = client.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"Any-Size Diffusion": {"args": positional}}})
+    assert r2.json()["images"] == r.json()["images"]
+    assert infotexts_of(r2.json()) == infotexts_of(r.json())
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"width": 70000}, "width"),
+    ({"width": 5000, "height": 5000}, "width"),  # over the 16.8 MP budget: refused before any work
+    ({"buckets": "12 by 7"}, "buckets"),
+    ({"mode": "spiral"}, "mode"),
+    ({"tile": 100}, "tile"),
+    ({"mode": "explicit", "overlap": 128}, "overlap"),
+    ({"denoise": 2}, "denoise"),
+    ({"colour": "red"}, "colour"),
+])
+def test_api_bad_values_name_the_field(client, sd1, change, field):
+    calls = []
+    handle = sd1.model.diffusion_model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                                   "alwayson_scripts": {ASD: {"args": [{**TARGET, **change}]}}})
+    finally:
+        handle.remove()
+    assert r.status_code == 422, r.text
+    assert f"parameter '{field}'" in r.json()["errors"]
+    assert not calls  # no U-Net work was done
+    assert not runtime._sessions
+
+
+def test_api_img2img(client):
+    r = client.post("/sdapi/v1/img2img", json={
+        "prompt": "x", "steps": 2, "denoising_strength": 0.5, "init_images": [b64_png(make_image(96, 64))],
+        "alwayson_scripts": {ASD: {"args": [{**TARGET, "width": 150, "height": 100}]}}})
+    assert r.status_code == 200, r.text
+    assert image_from_b64(r.json()["images"][0]).size == (150, 100)
