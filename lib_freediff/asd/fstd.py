@@ -94,6 +94,7 @@ class _Grid:
     boxes: Tuple[TileBox, ...]
     weights: List[Optional[torch.Tensor]]  # normalised (1,1,th,tw); None = sole owner of its cells
     covered: Optional[torch.Tensor]  # (1,1,H,W) bool, None when every cell is covered
+    uncovered: int
 
 
 @dataclass
@@ -115,9 +116,11 @@ class TiledDenoiser(torch.nn.Module):
 
     Same call signature and output shape as ``inner``. ``x`` is the latent ``(B, C, H, W)``; in
     ``prediction="x0"`` mode (k-diffusion wrappers such as ``CompVisDenoiser``) ``sigma`` is ``(B,)``
-    noise levels and ``inner`` returns the denoised x0; with ``"eps"``/``"v"`` (the WebUI's timestep
-    samplers) ``sigma`` is the DDPM timestep ``(B,)``, ``inner`` returns eps or v, ``x`` is the
-    variance-preserving ``x_t`` and ``alphas_cumprod`` is required to carry values across steps.
+    noise levels and ``inner`` returns the denoised x0; with ``"eps"`` (the WebUI's timestep samplers:
+    ``CompVisTimestepsDenoiser`` and ``CompVisTimestepsVDenoiser`` both return eps) or ``"v"`` (a raw
+    v-model ``apply_model``), ``sigma`` is the DDPM timestep ``(B,)``, ``x`` the variance-preserving
+    ``x_t``, and ``alphas_cumprod`` is required to carry values across steps (they are carried as x0
+    and converted back with the current ``x`` and timestep).
 
     Per-tile arguments: ``x``; every tensor in ``cond``/kwargs (nested dicts, lists, tuples) of shape
     ``(B, *, H, W)`` is cut with the tile, of shape ``(B, *, 8H, 8W)`` cut at 8× coordinates (pixel-space
@@ -245,7 +248,7 @@ class TiledDenoiser(torch.nn.Module):
         covered = None if bool((count > 0).all()) else (count > 0).to(device)[None, None]
         if len(self._grids) > 16:
             self._grids.clear()
-        g = self._grids[key] = _Grid(tuple(boxes), weights, covered)
+        g = self._grids[key] = _Grid(tuple(boxes), weights, covered, int((count == 0).sum()))
         return g
 
     # -- conversions between the model output and x0 ------------------------------------------
@@ -303,11 +306,12 @@ class TiledDenoiser(torch.nn.Module):
 
         acc = None
         n_inner = 0
+        rep_cache: dict = {}
         for s in range(0, len(boxes), self.tile_batch):
             chunk = boxes[s:s + self.tile_batch]
             xt = _cut(x, chunk, 1)
-            args = {name: _tile_arg(v, chunk, B, H, W) for name, v in kwargs.items()}
-            out = self.inner(xt, _tile_arg(sigma, chunk, B, H, W), **args)
+            args = {name: _tile_arg(v, chunk, B, H, W, rep_cache) for name, v in kwargs.items()}
+            out = self.inner(xt, _tile_arg(sigma, chunk, B, H, W, rep_cache), **args)
             n_inner += 1
             if acc is None:
                 acc = torch.zeros((B, out.shape[1], H, W), device=out.device, dtype=out.dtype)
@@ -325,7 +329,7 @@ class TiledDenoiser(torch.nn.Module):
             # prev exists here: without it the grid was given extra tiles and covers everything.
             fill = self._from_x0(prev, x, sigma)
             acc = torch.where(grid.covered, acc, fill.to(acc.dtype))
-            carried = int((~grid.covered).sum())
+            carried = grid.uncovered
         if self.mode == "implicit":
             self._memory[key] = (step, self._to_x0(acc, x, sigma))
         self._last_boxes = boxes
@@ -364,8 +368,9 @@ def _cut(v: torch.Tensor, boxes: Sequence[TileBox], f: int) -> torch.Tensor:
     return torch.cat([v[:, :, b.y0 * f:b.y1 * f, b.x0 * f:b.x1 * f] for b in boxes])
 
 
-def _tile_arg(v, boxes: Sequence[TileBox], B: int, H: int, W: int):
-    """One call argument for a batch of tiles (see :class:`TiledDenoiser`)."""
+def _tile_arg(v, boxes: Sequence[TileBox], B: int, H: int, W: int, rep_cache: Optional[dict] = None):
+    """One call argument for a batch of tiles (see :class:`TiledDenoiser`); ``rep_cache`` shares the
+    per-tile repetitions of a tensor between chunks of the same size within one call."""
     if isinstance(v, torch.Tensor):
         if v.ndim == 0 or v.shape[0] != B:
             return v
@@ -374,11 +379,19 @@ def _tile_arg(v, boxes: Sequence[TileBox], B: int, H: int, W: int):
         if v.ndim == 4 and v.shape[-2:] == (8 * H, 8 * W):
             return _cut(v, boxes, 8)
         n = len(boxes)
-        return v if n == 1 else v.repeat(n, *([1] * (v.ndim - 1)))
+        if n == 1:
+            return v
+        key = (id(v), n)
+        if rep_cache is not None and key in rep_cache:
+            return rep_cache[key][1]
+        r = v.repeat(n, *([1] * (v.ndim - 1)))
+        if rep_cache is not None:
+            rep_cache[key] = (v, r)  # holding v keeps its id unique for the cache's lifetime
+        return r
     if isinstance(v, dict):
-        return {k: _tile_arg(x, boxes, B, H, W) for k, x in v.items()}
+        return {k: _tile_arg(x, boxes, B, H, W, rep_cache) for k, x in v.items()}
     if isinstance(v, list):
-        return [_tile_arg(x, boxes, B, H, W) for x in v]
+        return [_tile_arg(x, boxes, B, H, W, rep_cache) for x in v]
     if isinstance(v, tuple):
-        return tuple(_tile_arg(x, boxes, B, H, W) for x in v)
+        return tuple(_tile_arg(x, boxes, B, H, W, rep_cache) for x in v)
     return v

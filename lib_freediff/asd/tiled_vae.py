@@ -246,8 +246,8 @@ class _Runner:
         acc = None
         for t in self.tiles:
             self.level = start_level
-            h = t.h.to(self.device, non_blocking=True)
-            res = [r.to(self.device, non_blocking=True) for r in t.res]
+            h = t.h.to(self.device)
+            res = [r.to(self.device) for r in t.res]
             h = self.run_ops(h, res, ops_idx)
             self.level = end_level
             y0, y1, x0, x1 = self.core_rel(t)
@@ -264,8 +264,8 @@ class _Runner:
                 out[:, :, oy:oy + core.shape[2], ox:ox + core.shape[3]] = core
                 t.h, t.res = None, []
             else:
-                t.h = h.to(self.store, non_blocking=True)
-                t.res = [r.to(self.store, non_blocking=True) for r in res]
+                t.h = h.to(self.store)
+                t.res = [r.to(self.store) for r in res]
         self.level = end_level
         if gn_next is not None:
             n, m, m2 = acc

@@ -1,0 +1,366 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib_freediff.asd.fstd import MODES, TileBox, TiledDenoiser, axis_starts, tile_grid
+from lib_freediff.errors import ParamError
+
+B, H, W = 2, 75, 125  # odd latent sizes on purpose
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def pointwise(x, sigma, cond=None, control=None):
+    """A per-latent-cell denoiser that reads every kind of cond the wrapper must cut or repeat."""
+    out = 0.5 * x + sigma.view(-1, 1, 1, 1)
+    if "c_crossattn" in cond:
+        out = out + cond["c_crossattn"][0].mean((1, 2)).view(-1, 1, 1, 1)
+    else:  # SDXL layout
+        out = out + cond["crossattn"].mean((1, 2)).view(-1, 1, 1, 1) + cond["vector"].mean(1).view(-1, 1, 1, 1)
+    if cond.get("c_concat"):
+        out = out + 0.25 * cond["c_concat"][0][:, :4]
+    if control is not None:
+        out = out + F.avg_pool2d(control, 8)[:, :1]
+    return out
+
+
+def make_inputs(seed=0, b=B, h=H, w=W):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 4, h, w, generator=g)
+    cond = {"c_crossattn": [torch.randn(b, 7, 16, generator=g)], "c_concat": [torch.randn(b, 5, h, w, generator=g)]}
+    control = torch.randn(b, 3, 8 * h, 8 * w, generator=g)
+    sigma = torch.rand(b, generator=g) + 0.1
+    return x, sigma, cond, control
+
+
+def coverage(boxes, h, w):
+    m = torch.zeros(h, w, dtype=torch.int32)
+    for b in boxes:
+        m[b.y0:b.y1, b.x0:b.x1] += 1
+    return m
+
+
+# -- grid ------------------------------------------------------------------------------------------
+
+def test_axis_starts_clamp_and_cover():
+    assert axis_starts(128, 64) == [0, 64]
+    assert axis_starts(128, 64, 10) == [10, 64]  # last tile clamped inside, [0, 10) uncovered
+    assert axis_starts(75, 64, 20) == [11]  # one clamped tile leaves [0, 11) uncovered
+    assert axis_starts(75, 64, 20, cover_start=True) == [0, 11]
+    assert axis_starts(60, 64, 20) == [0]  # axis shorter than the tile: one tile, no offset
+    assert axis_starts(128, 64, stride=32) == [0, 32, 64]
+    for length, tile, off in itertools.product((64, 65, 75, 127, 128, 200), (16, 64), range(0, 16, 5)):
+        s = axis_starts(length, tile, off)
+        assert all(0 <= a <= max(0, length - tile) for a in s) and s == sorted(set(s))
+        assert min(s) == (min(off, length - tile) if length > tile else 0)
+        assert max(s) + min(tile, length) == length  # the far end is always covered
+
+
+def test_tile_grid_boxes():
+    boxes = tile_grid(H, W, 32, dx=5, dy=9)
+    m = coverage(boxes, H, W)
+    assert (m[9:, 5:] > 0).all() and (m[:9] == 0).all() and (m[:, :5] == 0).all()
+    assert all(b.x1 - b.x0 == 32 and b.y1 - b.y0 == 32 and b.x1 <= W and b.y1 <= H for b in boxes)
+    full = tile_grid(H, W, 32, dx=5, dy=9, cover_start=True)
+    assert (coverage(full, H, W) > 0).all()
+    assert tile_grid(20, 30, 64) == [TileBox(0, 0, 30, 20)]
+
+
+# -- exactness with a pointwise denoiser -----------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tile,seed", [(32, 0), (64, 1), (48, 7)])
+def test_pointwise_equals_untiled(mode, tile, seed):
+    x, sigma, cond, control = make_inputs(seed)
+    ref = pointwise(x, sigma, cond, control=control)
+    d = TiledDenoiser(pointwise, mode=mode, tile=tile, overlap=tile // 2, offset_range=tile // 2,
+                      reset_every=0, tile_batch=3, seed=seed)
+    d.history = []
+    for i in range(5):
+        d.set_step(i, 5)
+        out = d(x, sigma, cond=cond, control=control)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        m = coverage(d.last_grid(), H, W)
+        assert torch.equal(out[..., m == 1], ref[..., m == 1])  # single coverage: bit-exact
+    offsets = {c.offset for c in d.history}
+    assert (len(offsets) > 1) == (mode == "implicit")
+
+
+def test_pointwise_sdxl_cond_layout():
+    x, sigma, _, _ = make_inputs(3)
+    g = torch.Generator().manual_seed(3)
+    cond = {"crossattn": torch.randn(B, 7, 16, generator=g), "vector": torch.randn(B, 12, generator=g),
+            "c_concat": [torch.randn(B, 4, H, W, generator=g)]}
+    ref = pointwise(x, sigma, cond)
+    d = TiledDenoiser(pointwise, tile=32, offset_range=16, seed=3, reset_every=0)
+    for i in range(3):
+        d.set_step(i)
+        torch.testing.assert_close(d(x, sigma, cond=cond), ref, rtol=0, atol=1e-6)
+
+
+def test_tile_batching_counts_inner_calls():
+    x, sigma, cond, _ = make_inputs()
+    seen = []
+
+    def inner(x, sigma, cond):
+        seen.append((x.shape[0], sigma.shape[0], cond["c_crossattn"][0].shape[0], cond["c_concat"][0].shape[0]))
+        return pointwise(x, sigma, cond)
+
+    d = TiledDenoiser(inner, mode="none", tile=32, tile_batch=5)
+    d(x, sigma, cond=cond)
+    n = len(d.last_grid())
+    assert n == 3 * 4
+    assert [s[0] for s in seen] == [5 * B, 5 * B, 2 * B]
+    assert all(len(set(s)) == 1 for s in seen)
+
+
+# -- carry-over ------------------------------------------------------------------------------------
+
+def test_uncovered_cells_keep_previous_prediction():
+    d = TiledDenoiser(pointwise, tile=32, offset_range=32, reset_every=0, seed=11)
+    d.history = []
+    prev = None
+    for i in range(6):
+        x, sigma, cond, _ = make_inputs(100 + i)  # a different latent every step
+        d.set_step(i)
+        out = d(x, sigma, cond=cond)
+        ref = pointwise(x, sigma, cond)
+        cov = coverage(d.last_grid(), H, W) > 0
+        info = d.history[-1]
+        if i == 0:
+            assert info.extra_tiles and bool(cov.all())
+        else:
+            assert not info.extra_tiles
+        assert info.carried_cells == int((~cov).sum())
+        torch.testing.assert_close(out[..., cov], ref[..., cov], rtol=0, atol=1e-6)
+        if prev is not None:
+            assert torch.equal(out[..., ~cov], prev[..., ~cov])
+        prev = out.clone()
+    assert sum(c.carried_cells for c in d.history) > 0
+
+
+def test_carry_is_keyed_by_call_position_and_shape():
+    """cond and uncond in separate calls (same shape): call k of step i reuses call k of step i-1."""
+    d = TiledDenoiser(pointwise, tile=32, offset_range=32, reset_every=0, seed=4)
+    d.history = []
+    outs = {}
+    for i in range(4):
+        d.set_step(i)
+        d.set_step(i)  # a second set_step for the same step (e.g. per CFG call) changes nothing
+        for k in range(2):
+            x, sigma, cond, _ = make_inputs(10 * i + k)
+            out = d(x, sigma, cond=cond)
+            cov = coverage(d.last_grid(), H, W) > 0
+            if i > 0:
+                assert d.history[-1].call == k
+                assert torch.equal(out[..., ~cov], outs[(i - 1, k)][..., ~cov])
+            outs[(i, k)] = out
+    # A batch-shape change has no usable memory: extra tiles cover everything.
+    d.set_step(4)
+    x, sigma, cond, _ = make_inputs(99, b=1)
+    out = d(x, sigma, cond=cond)
+    info = d.history[-1]
+    if info.offset != (0, 0):
+        assert info.extra_tiles
+    assert info.carried_cells == 0
+    torch.testing.assert_close(out, pointwise(x, sigma, cond), rtol=0, atol=1e-6)
+
+
+def test_skipped_step_or_new_run_does_not_reuse_stale_memory():
+    d = TiledDenoiser(pointwise, tile=32, offset_range=32, reset_every=0, seed=5)
+    d.history = []
+    x, sigma, cond, _ = make_inputs()
+    for i in (0, 1, 3):  # step 2 never called: step 3 has no step-2 prediction
+        d.set_step(i)
+        d(x, sigma, cond=cond)
+    assert d.history[-1].carried_cells == 0
+    d.reset()
+    assert d.step == 0 and d.last_grid() is None
+
+
+def _alphas():
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
+def test_carry_converts_through_x0(prediction):
+    """A model whose x0 estimate never changes (it reads x0 from c_concat, cut with each tile):
+    carried cells must convert to the current step's eps / v exactly, so the tiled output equals the
+    untiled one everywhere although the latent and the timestep change every step."""
+    ac = _alphas()
+    g = torch.Generator().manual_seed(0)
+    cond = {"c_concat": [torch.randn(B, 4, H, W, generator=g)]}
+
+    def inner(x, t, cond):
+        x0 = cond["c_concat"][0]
+        a = ac[t.long()].float().sqrt().view(-1, 1, 1, 1)
+        s = (1 - ac[t.long()]).float().sqrt().view(-1, 1, 1, 1)
+        eps = (x - a * x0) / s
+        return {"x0": x0, "eps": eps, "v": a * eps - s * x0}[prediction]
+
+    d = TiledDenoiser(inner, tile=32, offset_range=32, reset_every=0, seed=2, prediction=prediction,
+                      alphas_cumprod=ac)
+    d.history = []
+    for i, t in enumerate([900, 700, 500, 300, 100]):
+        x = torch.randn(B, 4, H, W, generator=g)
+        tt = torch.full((B,), t)
+        d.set_step(i)
+        torch.testing.assert_close(d(x, tt, cond=cond), inner(x, tt, cond), rtol=1e-4, atol=1e-4)
+    assert sum(c.carried_cells for c in d.history) > 0
+
+
+# -- real UNet -------------------------------------------------------------------------------------
+
+def _ctx(b=1, seed=0):
+    return {"c_crossattn": [torch.randn(b, 8, 32, generator=torch.Generator().manual_seed(seed))]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_single_tile_is_bit_identical_real_unet(kdenoiser, mode):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 24, generator=g)
+    sigma = torch.tensor([3.0, 0.5])
+    cond = _ctx(2)
+    with torch.no_grad():
+        ref = kdenoiser(x, sigma, cond=cond)
+        for tile in (32, 64):
+            d = TiledDenoiser(kdenoiser, mode=mode, tile=tile, overlap=16, offset_range=16, seed=1)
+            for i in range(3):
+                d.set_step(i)
+                assert torch.equal(d(x, sigma, cond=cond), ref)
+
+
+def test_wrapper_stands_in_for_the_k_diffusion_model(kdenoiser):
+    d = TiledDenoiser(kdenoiser)
+    assert torch.equal(d.get_sigmas(5), kdenoiser.get_sigmas(5))
+    assert d.sigma_min == kdenoiser.sigma_min and d.inner_model is kdenoiser.inner_model
+    holder = torch.nn.Module()
+    holder.model_wrap = kdenoiser
+    holder.model_wrap = d  # a registered child module can be replaced by the wrapper
+
+
+SAMPLERS = {"sample_euler": 1, "sample_heun": 2, "sample_dpmpp_2m": 1}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_samplers_every_cell_denoised_or_carried(kdenoiser, sampler):
+    import k_diffusion as K
+
+    per_step = SAMPLERS[sampler]
+    h, w, steps = 40, 56, 5
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, h, w, generator=g)
+    sigmas = kdenoiser.get_sigmas(steps)
+
+    def run(seed):
+        d = TiledDenoiser(kdenoiser, tile=16, offset_range=8, reset_every=3, tile_batch=4, seed=seed)
+        d.history = []
+        calls = [0]
+
+        def model(x, sigma, **kw):  # the WebUI's step index as its CFG denoiser sees it
+            d.set_step(calls[0] // per_step, steps)
+            calls[0] += 1
+            return d(x, sigma, **kw)
+
+        with torch.no_grad():
+            out = getattr(K.sampling, sampler)(model, x * sigmas[0], sigmas, extra_args={"cond": _ctx()},
+                                               disable=True)
+        return out, d.history
+
+    out, hist = run(seed=7)
+    fresh = TiledDenoiser(kdenoiser, tile=16, offset_range=8, reset_every=3, seed=7)
+    seen = set()
+    for c in hist:
+        cov = coverage(c.boxes, h, w) > 0
+        has_prev = (c.step - 1, c.call, c.shape) in seen
+        assert c.carried_cells == int((~cov).sum())
+        assert bool(cov.all()) or has_prev  # uncovered cells only where a prediction can be carried
+        assert c.extra_tiles == (not has_prev and c.offset != (0, 0))
+        assert c.offset == fresh.offset_for_step(c.step)
+        assert (c.offset == (0, 0)) or c.step % 3 != 0
+        seen.add((c.step, c.call, c.shape))
+    by_step = {}
+    for c in hist:
+        by_step.setdefault(c.step, set()).add(c.offset)
+    assert sorted(by_step) == list(range(steps)) and all(len(v) == 1 for v in by_step.values())
+    assert sum(c.carried_cells for c in hist) > 0
+    if per_step == 2:
+        assert max(c.call for c in hist) == 1
+    out2, hist2 = run(seed=7)
+    assert torch.equal(out, out2) and [c.offset for c in hist] == [c.offset for c in hist2]
+    _, hist3 = run(seed=8)
+    assert [c.offset for c in hist3] != [c.offset for c in hist]
+
+
+def _border_ratio(x, tile):
+    """Mean squared step across the fixed grid's tile borders / across every other column and row."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean((0, 1, 2))
+    dy = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean((0, 1, 3))
+    borders = [b - 1 for b in range(tile, x.shape[-1], tile)]
+    mask = torch.ones(dx.shape[0], dtype=torch.bool)
+    mask[borders] = False
+    return (torch.cat([dx[borders], dy[borders]]).mean() / torch.cat([dx[mask], dy[mask]]).mean()).item()
+
+
+def test_seams_on_real_unet(kdenoiser):
+    """Stage-II-like run (a smooth latent denoised from sigma 3 over a 3x3 grid of 16-px tiles) with the
+    tiny random UNet, whose zero padding and per-tile attention make tile edges visible."""
+    import k_diffusion as K
+
+    T, L, steps = 16, 48, 10
+    sigmas = K.sampling.get_sigmas_karras(steps, 0.03, 3.0)
+    configs = {
+        "none": dict(mode="none"),
+        "explicit": dict(mode="explicit", overlap=T // 2),
+        "fstd": dict(mode="implicit", offset_range=T // 2),  # default reset_every=4
+        "fstd_r0": dict(mode="implicit", offset_range=T // 2, reset_every=0),
+    }
+    ratios = {k: 0.0 for k in ["untiled", *configs]}
+    for seed in (5, 6):
+        g = torch.Generator().manual_seed(seed)
+        x0 = F.interpolate(torch.randn(1, 4, 6, 6, generator=g), size=(L, L), mode="bicubic", align_corners=False)
+        extra = {"cond": _ctx(1, seed)}
+        with torch.no_grad():
+            ratios["untiled"] += _border_ratio(K.sampling.sample_euler(kdenoiser, x0, sigmas, extra_args=extra,
+                                                                       disable=True), T) / 2
+            for name, cfg in configs.items():
+                d = TiledDenoiser(kdenoiser, tile=T, seed=seed, **cfg)
+                calls = [0]
+
+                def model(x, sigma, **kw):
+                    d.set_step(calls[0])
+                    calls[0] += 1
+                    return d(x, sigma, **kw)
+
+                out = K.sampling.sample_euler(model, x0, sigmas, extra_args=extra, disable=True)
+                ratios[name] += _border_ratio(out, T) / 2
+    excess = {k: v - ratios["untiled"] for k, v in ratios.items()}
+    print("border ratios", {k: round(v, 3) for k, v in ratios.items()})
+    assert excess["none"] > 0.4  # no overlap: clear seams at the fixed grid
+    assert excess["explicit"] < 0.25 * excess["none"]
+    assert ratios["fstd_r0"] <= ratios["explicit"] + 0.02  # FSTD without resets: at/below explicit
+    assert excess["fstd"] < 0.5 * excess["none"]  # resets to offset 0 leave a little at the fixed grid
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,param", [
+    (dict(mode="mixture"), "mode"),
+    (dict(tile=60), "tile"),
+    (dict(tile=8), "tile"),
+    (dict(mode="explicit", tile=32, overlap=32), "overlap"),
+    (dict(tile=32, offset_range=33), "offset_range"),
+    (dict(tile_batch=0), "tile_batch"),
+    (dict(reset_every=-1), "reset_every"),
+    (dict(prediction="eps"), "prediction"),
+    (dict(prediction="flow"), "prediction"),
+    (dict(tile=64.0), "tile"),
+])
+def test_bad_arguments(kwargs, param):
+    with pytest.raises(ParamError) as e:
+        TiledDenoiser(pointwise, **kwargs)
+    assert e.value.param == param and e.value.feature == "Any-Size Diffusion"

@@ -1,0 +1,241 @@
+"""Benchmark of ASD stage II tiling: per-step time and peak memory of FSTD (implicit overlap) vs a fixed
+non-overlapping grid vs explicit overlap (overlap = tile/2) vs the untiled model, at several output sizes.
+
+A script, not a pytest test. CPU default: a mid-size random ldm UNet, batch 1, one thread (~3 min).
+GPU: ``--device cuda --unet sd15 --dtype float16 --batch 2 --sizes 1024,1536,2048,3072``.
+Modes are timed interleaved, step by step (steps 0..N-1; FSTD's step 0 is a reset step at offset 0),
+so a busy shared machine slows them alike. Peak memory is that of one step above what was allocated
+before it: CUDA via torch.cuda.max_memory_allocated; CPU via the peak RSS growth
+(/proc/self/status VmHWM after /proc/self/clear_refs) in a forked child of the clean parent.
+
+Usage: python tests/benchmarks/bench_asd.py [--device cpu|cuda] [--sizes 1024,1280,1536] [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import torch  # noqa: E402
+
+from lib_freediff.asd.fstd import TiledDenoiser  # noqa: E402
+
+UNETS = {
+    "mid": dict(model_channels=64, channel_mult=(1, 2, 4), num_res_blocks=1, attention_resolutions=[2, 4],
+                num_head_channels=32, context_dim=64),
+    "sd15": dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=[4, 2, 1],
+                 num_heads=8, context_dim=768),
+}
+
+
+class FakeLDM(torch.nn.Module):
+    """``alphas_cumprod`` + ``apply_model`` around a UNet, as k-diffusion's CompVisDenoiser needs."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.model = unet
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
+
+    def apply_model(self, x, t, cond):
+        return self.model(x, t, context=torch.cat(cond["c_crossattn"], 1))
+
+
+def build(args):
+    from k_diffusion.external import CompVisDenoiser
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    torch.manual_seed(0)
+    cfg = UNETS[args.unet]
+    unet = UNetModel(image_size=64, in_channels=4, out_channels=4, transformer_depth=1,
+                     use_spatial_transformer=True, legacy=False, **cfg)
+    dtype = getattr(torch, args.dtype)
+    unet = unet.to(args.device, dtype).eval()
+    unet.dtype = dtype
+    den = CompVisDenoiser(FakeLDM(unet).to(args.device))
+    with torch.no_grad(), torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+        # one-time backend set-up and kernel selection at the tile shape, so no measured mode pays it
+        for b in {1, args.tile_batch}:
+            den(torch.randn(b * args.batch, 4, args.tile, args.tile, device=args.device),
+                torch.ones(b * args.batch, device=args.device),
+                cond={"c_crossattn": [torch.randn(b * args.batch, 77, cfg["context_dim"], device=args.device)]})
+    return den, cfg["context_dim"], dtype
+
+
+def _rss_reset():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return 0
+
+
+def _setup(den, ctx_dim, args, side, mode):
+    dev = torch.device(args.device)
+    lat = side // 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 4, lat, lat, generator=g).to(dev)
+    cond = {"c_crossattn": [torch.randn(args.batch, 77, ctx_dim, generator=g).to(dev)]}
+    sigma = torch.full((args.batch,), 2.0, device=dev)
+    if mode == "untiled":
+        return den, x, sigma, cond
+    kw = dict(mode="implicit" if mode == "fstd" else mode, tile=args.tile, overlap=args.tile // 2,
+              offset_range=args.offset_range, tile_batch=args.tile_batch, seed=0)
+    model = TiledDenoiser(den, **kw)
+    model.history = []
+    return model, x, sigma, cond
+
+
+def _sync(args):
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory(den, ctx_dim, dtype, args, side, mode):
+    """Peak memory (MiB) of one step above what was allocated before it (run in a fresh fork on CPU)."""
+    model, x, sigma, cond = _setup(den, ctx_dim, args, side, mode)
+    cuda = args.device.startswith("cuda")
+    with torch.no_grad(), torch.autocast("cuda" if cuda else "cpu", dtype=dtype, enabled=cuda and dtype != torch.float32):
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        elif not _rss_reset():
+            return float("nan")
+        else:
+            base = _status_kb("VmRSS:") * 1024
+        if mode != "untiled":
+            model.set_step(0)
+        model(x, sigma, cond=cond)
+        _sync(args)
+        peak = torch.cuda.max_memory_allocated() - base if cuda else _status_kb("VmHWM:") * 1024 - base
+    return peak / 2**20
+
+
+def in_fork(fn, *a):
+    """``fn(*a)`` in a forked child (its own peak RSS, the parent's heap untouched); returns a float."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            val = float(fn(*a))
+        except BaseException:
+            val = float("nan")
+        os.write(w, repr(val).encode())
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return float(data or b"nan")
+
+
+def step_times(den, ctx_dim, dtype, args, side, modes):
+    """Per mode: mean seconds per sampler step and mean tile count; modes interleaved step by step
+    (rotating order) so that a busy shared machine slows them alike. Tile-shaped calls were warmed up
+    at start; the untiled model gets no warm-up at its shape (a slight bias against it)."""
+    setups = {m: _setup(den, ctx_dim, args, side, m) for m in modes}
+    cuda = args.device.startswith("cuda")
+    res = {m: [] for m in modes}
+    with torch.no_grad(), torch.autocast("cuda" if cuda else "cpu", dtype=dtype, enabled=cuda and dtype != torch.float32):
+        for i in range(args.steps):
+            for j in range(len(modes)):
+                mode = modes[(i + j) % len(modes)]
+                model, x, sigma, cond = setups[mode]
+                if mode != "untiled":
+                    model.set_step(i)
+                _sync(args)
+                t0 = time.perf_counter()
+                model(x, sigma, cond=cond)
+                _sync(args)
+                res[mode].append(time.perf_counter() - t0)
+    out = {}
+    for m in modes:
+        hist = getattr(setups[m][0], "history", None)
+        out[m] = {"s_per_step": sum(res[m]) / len(res[m]),
+                  "tiles": sum(len(c.boxes) for c in hist) / len(hist) if hist else 1}
+    return out
+
+
+def machine(args):
+    if args.device == "cuda":
+        dev = torch.cuda.get_device_name(0)
+    else:
+        dev = platform.processor() or "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                dev = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return (f"{dev}; torch {torch.__version__}; threads {torch.get_num_threads()} of {os.cpu_count()} CPUs; "
+            f"unet {args.unet} ({args.dtype}); batch {args.batch}; tile {args.tile} latent px; "
+            f"offset range {args.offset_range}; tile batch {args.tile_batch}; {args.steps} timed steps")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sizes", default="1024,1280,1536", help="output sides in px (square), comma-separated")
+    ap.add_argument("--unet", choices=list(UNETS), default=None, help="mid (CPU default) or sd15 (CUDA default)")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tile", type=int, default=64, help="latent px")
+    ap.add_argument("--offset-range", type=int, default=32)
+    ap.add_argument("--tile-batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per mode")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--modes", default="untiled,none,fstd,explicit")
+    args = ap.parse_args()
+    args.unet = args.unet or ("sd15" if args.device == "cuda" else "mid")
+    args.dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("CUDA is not available")
+    den, ctx_dim, dtype = build(args)
+    modes = args.modes.split(",")
+    t_start = time.time()
+    sizes = [int(v) for v in args.sizes.split(",")]
+    mem = {}
+    for side in sizes:  # memory first, each in a fork of the still clean parent (CUDA: in process)
+        for m in modes:
+            fn = (lambda *a: peak_memory(*a)) if args.device.startswith("cuda") else (lambda *a: in_fork(peak_memory, *a))
+            mem[side, m] = fn(den, ctx_dim, dtype, args, side, m)
+    rows = []
+    for side in sizes:
+        r = step_times(den, ctx_dim, dtype, args, side, modes)
+        for m in modes:
+            r[m]["peak_mib"] = mem[side, m]
+        rows.append((side, r))
+
+    print(f"\nMachine: {machine(args)}\n")
+    print("| output px | latent | tiles none/FSTD/explicit | untiled s/step | none s/step | FSTD s/step "
+          "| explicit s/step | FSTD/none | FSTD/explicit | peak MiB untiled/none/FSTD/explicit |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for side, r in rows:
+        get = lambda m, k: r.get(m, {}).get(k, float("nan"))  # noqa: E731
+        ratio = lambda a, b: get(a, "s_per_step") / get(b, "s_per_step")  # noqa: E731
+        print(f"| {side}x{side} | {side // 8}x{side // 8} | "
+              f"{get('none', 'tiles'):.0f}/{get('fstd', 'tiles'):.2f}/{get('explicit', 'tiles'):.0f} | "
+              + " | ".join(f"{get(m, 's_per_step'):.3f}" for m in ("untiled", "none", "fstd", "explicit"))
+              + f" | {ratio('fstd', 'none'):.3f} | {ratio('fstd', 'explicit'):.3f} | "
+              + "/".join(f"{get(m, 'peak_mib'):.0f}" for m in ("untiled", "none", "fstd", "explicit")) + " |")
+    print(f"\nTotal {time.time() - t_start:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
