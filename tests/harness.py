@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import processing, script_callbacks, scripts, shared
+from modules import processing, script_callbacks, scripts, sd_hijack_unet, shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT_FILES = ["freediff_freeu.py"]
+SCRIPT_FILES = ["freediff_freeu.py", "freediff_asd.py", "freediff_fastcomposer.py"]
 
 
 def load_script_module(filename: str):
@@ -35,6 +35,7 @@ class WebUI:
 
     def __init__(self, script_files=None, sd_model=None):
         script_callbacks.clear_callbacks()
+        sd_hijack_unet.apply()
         self.modules = [load_script_module(f) for f in (script_files if script_files is not None else SCRIPT_FILES)]
         self.runners = {}
         self.default_args = {}
@@ -51,6 +52,7 @@ class WebUI:
                         self.scripts[(tab, script.title())] = script
                 self.runners[tab] = runner
                 self.default_args[tab] = [None] + [c.value for c in runner.inputs[1:]]
+        script_callbacks.ui_settings_callback()
         script_callbacks.before_ui_callback()
         # each WebUI keeps the callbacks its scripts registered (a bare one has none of ours)
         self.callbacks = {k: list(v) for k, v in script_callbacks.callback_map.items()}

@@ -428,3 +428,12 @@ def fingerprint_hash(fp: Mapping[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(fp[k].to(torch.float16).numpy().tobytes())
     return h.hexdigest()[:10]
+
+
+if __name__ == "__main__":
+    # `python -m lib_freediff.fastcomposer.convert SRC [DST]`: the same command as `python -m lib_freediff.fastcomposer convert`
+    import sys
+
+    from lib_freediff.fastcomposer.__main__ import main
+
+    sys.exit(main(["convert", *sys.argv[1:]]))

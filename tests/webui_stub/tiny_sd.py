@@ -116,7 +116,10 @@ class HashTextEncoder(torch.nn.Module):
 class TinySD(torch.nn.Module):
     """The parts of the WebUI's ``shared.sd_model`` (LatentDiffusion / DiffusionEngine) the pipeline uses."""
 
-    def __init__(self, family="sd1", unet=None, inpainting=False, seed=0, context_dim=None):
+    def __init__(self, family="sd1", unet=None, inpainting=False, seed=0, context_dim=None, cond_stage_model=None):
+        """``cond_stage_model``: a text encoder to use instead of the word-hash stand-in, e.g. the WebUI's
+        CLIP wrapper from ``modules.sd_hijack_clip.build_cond_stage_model`` (its width must be the U-Net's
+        context width)."""
         super().__init__()
         self.family = family
         self.is_sdxl = family == "sdxl"
@@ -127,7 +130,7 @@ class TinySD(torch.nn.Module):
         self.diffusion_model = unet  # registers the U-Net as a submodule
         self.first_stage_model = TinyAutoencoderKL(seed=seed)
         ctx = context_dim or {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
-        self.cond_stage_model = HashTextEncoder(ctx, seed=seed)
+        self.cond_stage_model = cond_stage_model if cond_stage_model is not None else HashTextEncoder(ctx, seed=seed)
         self.parameterization = "eps"
         self.scale_factor = 0.18215
         self.latent_channels = 4
