@@ -20,7 +20,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "webui_stub")]
 import torch  # noqa: E402
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
-from lib_freediff.freeu.unet import FreeUFactors, FreeUPatch  # noqa: E402
+from lib_freediff.freeu.unet import FreeUFactors, FreeUPatch, _StageHook  # noqa: E402
 
 
 def sd15_unet():
@@ -69,16 +69,29 @@ def main():
                 patch.attach()
                 freeu.append(timed(run, args.device))
                 patch.remove()
+            # the hooks' own work, timed alone on the exact inputs of the stage blocks (far less noisy)
+            inputs = []
+            grab = [unet.output_blocks[s.block_index].register_forward_pre_hook(lambda m, a, s=s: inputs.append((s, a[0].clone())))
+                    for s in patch.stages]
+            run()
+            for handle in grab:
+                handle.remove()
+            hooks = [_StageHook(patch, s) for s, _ in inputs]
+            ops = []
+            for _ in range(repeats * 4):
+                batch = [(h, x.clone()) for h, (_, x) in zip(hooks, inputs)]
+                ops.append(timed(lambda: [h(None, (x,)) for h, x in batch], args.device))
         p, f = statistics.median(plain), statistics.median(freeu)
-        rows.append((f"{latent}×{latent} latent ({latent * 8}² px), batch 2", p, f))
+        o = statistics.median(ops)
+        rows.append((f"{latent}×{latent} latent ({latent * 8}² px), batch 2", p, f, o))
 
     print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {args.device}{' ' + torch.cuda.get_device_name() if args.device == 'cuda' else ''}, {args.dtype}, median of {repeats}")
     print()
-    print("| shape | U-Net forward | with FreeU v2 | overhead |")
-    print("|---|---|---|---|")
-    for name, p, f in rows:
-        print(f"| {name} | {p * 1000:.1f} ms | {f * 1000:.1f} ms | {100 * (f / p - 1):+.2f}% |")
+    print("| shape | U-Net forward | with FreeU v2 | side-by-side overhead | FreeU hooks alone | hooks / forward |")
+    print("|---|---|---|---|---|---|")
+    for name, p, f, o in rows:
+        print(f"| {name} | {p * 1000:.1f} ms | {f * 1000:.1f} ms | {100 * (f / p - 1):+.2f}% | {o * 1000:.2f} ms | {100 * o / p:.2f}% |")
 
 
 if __name__ == "__main__":
