@@ -19,7 +19,7 @@ from lib_freediff.asd.tiled_vae import should_tile, tiled_decode, tiled_encode
 from lib_freediff.schedule import sampler_step
 from lib_freediff.unet_info import model_family
 from lib_freediff.webui import features, runtime
-from lib_freediff.webui.overrides import get_overrides
+from lib_freediff.webui.overrides import values_with_overrides
 
 FEATURE_SPEC = features.register(features.Feature(ASD_PARAMS, BUILTIN_PRESETS))
 
@@ -49,10 +49,7 @@ def plan_for(values: Mapping, family: str | None = None):
 
 
 def values_for(p, args) -> dict | None:
-    values, _ = ASD_PARAMS.parse(args)
-    overrides = get_overrides(p, FEATURE)
-    if overrides:
-        values.update(ASD_PARAMS.validate(overrides, partial=True))
+    values, _, _ = values_with_overrides(ASD_PARAMS, p, args)
     if not values["enabled"]:
         return None
     check_values(values)
@@ -103,6 +100,9 @@ class ASDSession:
         p.denoising_strength = self.values["denoise"]
         p.hr_second_pass_steps = self.values["steps"]
         p.extra_generation_params[ASD_PARAMS.infotext_key] = infotext_value(self.values)
+
+    def crop_into(self, pp) -> None:
+        pp.image = self.crop(pp.image)
 
     def crop(self, image):
         """Centre-crops a rendered image to exactly the target (a no-op when it is already that size)."""
@@ -193,15 +193,11 @@ def before_process(p, args, is_img2img: bool) -> None:
 
 
 def process_before_every_sampling(p) -> None:
-    session = runtime.get(FEATURE)
-    if session is not None:
-        session.before_sampling(p)
+    runtime.call(FEATURE, "before_sampling", p)
 
 
 def postprocess_image(p, pp) -> None:
-    session = runtime.get(FEATURE)
-    if session is not None:
-        pp.image = session.crop(pp.image)
+    runtime.call(FEATURE, "crop_into", pp)
 
 
 def postprocess(p) -> None:

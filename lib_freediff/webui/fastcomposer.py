@@ -48,7 +48,7 @@ from lib_freediff.params import Param, ParamSet
 from lib_freediff.schedule import sampler_step
 from lib_freediff.unet_info import context_dim, model_family
 from lib_freediff.webui import features, runtime
-from lib_freediff.webui.overrides import get_overrides
+from lib_freediff.webui.overrides import values_with_overrides
 
 MAX_IMAGES = 4
 MODELS_SUBDIR = "fastcomposer"
@@ -405,10 +405,7 @@ def image_hash(image: Image.Image) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 def values_for(p, args) -> dict | None:
-    values, _explicit = FASTCOMPOSER_PARAMS.parse(args)
-    overrides = get_overrides(p, FEATURE)
-    if overrides:
-        values.update(FASTCOMPOSER_PARAMS.validate(overrides, partial=True))
+    values, _, _ = values_with_overrides(FASTCOMPOSER_PARAMS, p, args)
     if not values["enabled"]:
         return None
     return values
@@ -615,9 +612,7 @@ def process(p, args) -> None:
 
 
 def before_hr(p) -> None:
-    session = runtime.get(FEATURE)
-    if session is not None:
-        session.enter_hires()
+    runtime.call(FEATURE, "enter_hires")
 
 
 def postprocess(p) -> None:

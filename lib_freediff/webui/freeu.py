@@ -11,7 +11,7 @@ from lib_freediff.freeu.unet import FreeUPatch, remove_all_hooks
 from lib_freediff.schedule import in_window, sampler_step
 from lib_freediff.unet_info import model_family
 from lib_freediff.webui import features, runtime
-from lib_freediff.webui.overrides import get_overrides
+from lib_freediff.webui.overrides import values_with_overrides
 
 FEATURE_SPEC = features.register(features.Feature(FREEU_PARAMS, BUILTIN_PRESETS))
 
@@ -22,15 +22,11 @@ def current_unet():
 
 def values_for(p, args) -> dict | None:
     """The resolved FreeU values of this generation, or None when FreeU is off."""
-    values, explicit = FREEU_PARAMS.parse(args)
+    values, explicit, overrides = values_with_overrides(FREEU_PARAMS, p, args)
     named = bool(args) and isinstance(args[0], Mapping)
-    overrides = get_overrides(p, FEATURE)
-    if overrides:
-        values.update(FREEU_PARAMS.validate(overrides, partial=True))
-        explicit |= set(overrides)
-        # an XYZ axis over b1..s2 only makes sense with the sliders' values in use
-        if any(n in overrides for n in FACTOR_NAMES) and "preset" not in overrides:
-            values["preset"] = CUSTOM
+    # an XYZ axis over b1..s2 only makes sense with the sliders' values in use
+    if any(n in overrides for n in FACTOR_NAMES) and "preset" not in overrides:
+        values["preset"] = CUSTOM
     if not values["enabled"]:
         return None
     return resolve(values, explicit, model_family(current_unet()), named=named)
@@ -83,15 +79,11 @@ def process(p, args) -> None:
 
 
 def process_before_every_sampling(p) -> None:
-    session = runtime.get(FEATURE)
-    if session is not None:
-        session.attach()
+    runtime.call(FEATURE, "attach")
 
 
 def before_hr(p) -> None:
-    session = runtime.get(FEATURE)
-    if session is not None:
-        session.enter_hires()
+    runtime.call(FEATURE, "enter_hires")
 
 
 def postprocess(p) -> None:

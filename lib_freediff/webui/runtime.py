@@ -38,6 +38,13 @@ def get(feature: str):
     return _sessions.get(feature)
 
 
+def call(feature: str, method: str, *args) -> None:
+    """Calls ``method`` of the feature's live session, if there is one."""
+    session = _sessions.get(feature)
+    if session is not None:
+        getattr(session, method)(*args)
+
+
 def end(feature: str) -> None:
     session = _sessions.pop(feature, None)
     if session is not None:
