@@ -34,8 +34,8 @@ ASD_PARAMS = ParamSet(
     FEATURE,
     [
         Param("enabled", "bool", False, "Enable Any-Size Diffusion"),
-        Param("width", "int", 2048, "Final width", 64, 16384, 8, info="any whole number of pixels"),
-        Param("height", "int", 1152, "Final height", 64, 16384, 8, info="any whole number of pixels"),
+        Param("width", "int", 2048, "Final width", 64, 16384, 1, info="any whole number of pixels"),
+        Param("height", "int", 1152, "Final height", 64, 16384, 1, info="any whole number of pixels"),
         Param("buckets", "str", "paper", "Aspect-ratio buckets",
               info="paper (9 ratios), sdxl (SDXL training buckets), or your own list: 512x512, 768x512, …",
               check=_check_buckets),

@@ -69,3 +69,31 @@ def test_freeu_panel_controls_and_presets(page_url):
 
     saved = freeu.FEATURE_SPEC.store().get("browser preset")
     assert saved["preset"] == "Custom" and saved["b1"] == 1.25
+
+
+def test_any_size_panel_shows_the_plan_live(page_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    webui, url = page_url
+    prefix = webui.scripts[("txt2img", "Any-Size Diffusion")].elem_id("")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 1600})
+        page.goto(url)
+        accordion = page.locator(f"#{prefix}enabled").first
+        expect(accordion).to_be_visible(timeout=30000)
+        accordion.locator(".label-wrap").first.click()
+        plan = page.locator(f"#{prefix}plan").first
+        expect(plan).to_contain_text("Second pass 2048×1152")
+        for name, value in (("width", "1001"), ("height", "603")):
+            box = page.locator(f"#{prefix}{name} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        expect(plan).to_contain_text("Second pass 1008×608", timeout=15000)
+        expect(plan).to_contain_text("Delivered 1001×603")
+        page.locator(f"#{prefix}width input[type=number]").fill("100000")
+        page.locator(f"#{prefix}width input[type=number]").press("Enter")
+        expect(plan).to_contain_text("parameter 'width'", timeout=15000)
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "asd_panel.png"), full_page=True)
+        browser.close()
