@@ -19,6 +19,29 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def sd1():
+    from tiny_sd import TinySD
+
+    return TinySD("sd1", context_dim=64)
+
+
+@pytest.fixture(scope="module")
+def webui(sd1):
+    """A WebUI with the extension's scripts loaded and their UI built, over ``sd1``."""
+    from harness import WebUI
+
+    return WebUI(sd_model=sd1)
+
+
+@pytest.fixture(scope="module")
+def bare(sd1):
+    """The same WebUI without the extension."""
+    from harness import WebUI
+
+    return WebUI(script_files=[], sd_model=sd1)
+
+
 @pytest.fixture
 def presets_dir(tmp_path, monkeypatch):
     folder = tmp_path / "presets"

@@ -9,7 +9,7 @@ import importlib.util
 import io
 import json
 import os
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import gradio as gr
 import numpy as np
@@ -138,6 +138,23 @@ def infotexts_of(api_response: dict) -> list[str]:
 
 def same_images(a, b) -> bool:
     return len(a.images) == len(b.images) and all(np.array_equal(pixels(x), pixels(y)) for x, y in zip(a.images, b.images))
+
+
+@contextmanager
+def unet_fails_at_call(unet: torch.nn.Module, n: int, message: str = "out of memory (simulated)"):
+    """Makes the ``n``-th U-Net forward inside the block raise RuntimeError(message)."""
+    calls = []
+
+    def explode(module, args):
+        calls.append(1)
+        if len(calls) == n:
+            raise RuntimeError(message)
+
+    handle = unet.register_forward_pre_hook(explode)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def unet_forward_counter(unet: torch.nn.Module, record: list, probe):

@@ -4,33 +4,17 @@ import numpy as np
 import pytest
 
 import lib_freediff.webui.asd as asd_glue
-from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images
+from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call
 from lib_freediff.asd.fstd import TiledDenoiser
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
 from modules import shared
-from tiny_sd import TinySD
 
 ASD = "Any-Size Diffusion"
 SMALL_BUCKETS = "64x64, 96x64, 64x96, 128x64"
 # a target the tiny model renders quickly: first pass 96×64 (ratio 0.667), second pass 200×120, 2×1 tiles
 TARGET = {"enabled": True, "width": 200, "height": 120, "buckets": SMALL_BUCKETS, "tile": 128, "offset_range": 64,
           "overlap": 64, "steps": 3, "denoise": 0.6}
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return TinySD("sd1", context_dim=64)
-
-
-@pytest.fixture(scope="module")
-def webui(sd1):
-    return WebUI(sd_model=sd1)
-
-
-@pytest.fixture(scope="module")
-def bare(sd1):
-    return WebUI(script_files=[], sd_model=sd1)
 
 
 @pytest.fixture(autouse=True)
@@ -128,19 +112,9 @@ def test_tiled_vae_matches_untiled_closely(webui):
 
 
 def test_exception_mid_generation_leaves_nothing(webui, bare, sd1):
-    calls = []
-
-    def explode(module, args):
-        calls.append(1)
-        if len(calls) == 5:  # inside the tiled second pass
-            raise RuntimeError("simulated failure")
-
-    handle = sd1.model.diffusion_model.register_forward_pre_hook(explode)
-    try:
-        with pytest.raises(RuntimeError, match="simulated"):
-            webui.txt2img({ASD: [TARGET]}, steps=2)
-    finally:
-        handle.remove()
+    # the 5th call is inside the tiled second pass
+    with unet_fails_at_call(sd1.model.diffusion_model, 5), pytest.raises(RuntimeError, match="simulated"):
+        webui.txt2img({ASD: [TARGET]}, steps=2)
     assert same_images(bare.txt2img(), webui.txt2img())
 
 

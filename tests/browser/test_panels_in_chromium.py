@@ -29,6 +29,19 @@ def page_url(tmp_path_factory):
     os.environ.pop("FREEDIFF_PRESETS_DIR", None)
 
 
+def open_panel(pw, url, prefix, height):
+    """A page of the demo with the panel whose elem_id prefix is ``prefix`` opened; returns (browser, page)."""
+    from playwright.sync_api import expect
+
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    page = browser.new_page(viewport={"width": 1100, "height": height})
+    page.goto(url)
+    accordion = page.locator(f"#{prefix}enabled").first
+    expect(accordion).to_be_visible(timeout=30000)
+    accordion.locator(".label-wrap").first.click()
+    return browser, page
+
+
 def choose(page, selector, option):
     """Picks an option of a gradio 3.41 dropdown (an input with a ul.options list)."""
     page.locator(f"{selector} input").first.click()
@@ -42,12 +55,7 @@ def test_freeu_panel_controls_and_presets(page_url):
     script = webui.scripts[("txt2img", "FreeU")]
     prefix = script.elem_id("")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 1400})
-        page.goto(url)
-        accordion = page.locator(f"#{prefix}enabled").first
-        expect(accordion).to_be_visible(timeout=30000)
-        accordion.locator(".label-wrap").first.click()
+        browser, page = open_panel(pw, url, prefix, 1400)
 
         b1 = page.locator(f"#{prefix}b1 input[type=number]")
         expect(b1).to_be_disabled()  # family presets show their values read-only
@@ -77,12 +85,7 @@ def test_any_size_panel_shows_the_plan_live(page_url):
     webui, url = page_url
     prefix = webui.scripts[("txt2img", "Any-Size Diffusion")].elem_id("")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 1600})
-        page.goto(url)
-        accordion = page.locator(f"#{prefix}enabled").first
-        expect(accordion).to_be_visible(timeout=30000)
-        accordion.locator(".label-wrap").first.click()
+        browser, page = open_panel(pw, url, prefix, 1600)
         plan = page.locator(f"#{prefix}plan").first
         expect(plan).to_contain_text("Second pass 2048×1152")
         for name, value in (("width", "1001"), ("height", "603")):

@@ -4,7 +4,7 @@ change, when (delayed switch, Euler/Heun, hires, img2img), long/emphasised promp
 import pytest
 import torch
 
-from harness import WebUI, make_image, same_images
+from harness import make_image, same_images, unet_fails_at_call
 from lib_freediff.fastcomposer.conditioning import delayed_switch_step
 from lib_freediff.webui import fastcomposer as fc
 from lib_freediff.webui import runtime
@@ -15,17 +15,6 @@ FC = "FastComposer"
 PROMPT = "a man img and a woman img at the beach"
 CLEAN = "a man and a woman at the beach"
 IMAGES = [make_image(48, 64, seed=11), make_image(64, 40, seed=12)]
-
-
-@pytest.fixture(scope="module")
-def webui(sd1):
-    return WebUI(sd_model=sd1)
-
-
-@pytest.fixture(scope="module")
-def bare(sd1):
-    """The same WebUI without the extension."""
-    return WebUI(script_files=[], sd_model=sd1)
 
 
 def fc_args(images=IMAGES, alpha=0.7, hires=True, enabled=True, model=""):
@@ -284,18 +273,7 @@ def test_a_failure_while_encoding_subjects_refuses_the_generation(webui, bare, m
 
 
 def test_no_hook_left_after_a_generation_that_raised(webui, bare, sd1):
-    calls = []
-
-    def explode(module, args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("out of memory (simulated)")
-
-    handle = sd1.model.diffusion_model.register_forward_pre_hook(explode)
-    try:
-        with pytest.raises(RuntimeError, match="simulated"):
-            webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=4)
-    finally:
-        handle.remove()
+    with unet_fails_at_call(sd1.model.diffusion_model, 2), pytest.raises(RuntimeError, match="simulated"):
+        webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=4)
     assert not runtime._sessions
     assert same_images(bare.txt2img(prompt=PROMPT, steps=2), webui.txt2img(prompt=PROMPT, steps=2))

@@ -2,31 +2,14 @@
 
 import numpy as np
 import pytest
-import torch
 
-from harness import WebUI, pixels, same_images, make_image
+from harness import make_image, pixels, same_images, unet_fails_at_call
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
 from modules import infotext_utils, shared
 from tiny_sd import TinySD
 
 FREEU = "FreeU"
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return TinySD("sd1", context_dim=64)
-
-
-@pytest.fixture(scope="module")
-def webui(sd1):
-    return WebUI(sd_model=sd1)
-
-
-@pytest.fixture(scope="module")
-def bare(sd1):
-    """The same WebUI without the extension."""
-    return WebUI(script_files=[], sd_model=sd1)
 
 
 @pytest.fixture(autouse=True)
@@ -139,19 +122,8 @@ def test_img2img_and_inpainting(webui, bare):
 
 
 def test_no_hook_left_after_a_generation_that_raised(webui, bare, sd1):
-    calls = []
-
-    def explode(module, args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("out of memory (simulated)")
-
-    handle = sd1.model.diffusion_model.register_forward_pre_hook(explode)
-    try:
-        with pytest.raises(RuntimeError, match="simulated"):
-            webui.txt2img({FREEU: [True]}, steps=6)
-    finally:
-        handle.remove()
+    with unet_fails_at_call(sd1.model.diffusion_model, 3), pytest.raises(RuntimeError, match="simulated"):
+        webui.txt2img({FREEU: [True]}, steps=6)
     assert attached_hook_count(sd1.model.diffusion_model) == 0
     assert not runtime._sessions
     # and the next generation is unaffected
