@@ -172,3 +172,34 @@ def test_api_img2img(client):
         "alwayson_scripts": {ASD: {"args": [{**TARGET, "width": 150, "height": 100}]}}})
     assert r.status_code == 200, r.text
     assert image_from_b64(r.json()["images"][0]).size == (150, 100)
+
+
+def test_interrupt_in_second_pass_cleans_up(webui, sd1):
+    calls = []
+
+    def interrupt(module, args):
+        calls.append(1)
+        if len(calls) == 5:  # inside the tiled second pass
+            shared.state.interrupt()
+
+    handle = sd1.model.diffusion_model.register_forward_pre_hook(interrupt)
+    try:
+        res = webui.txt2img({ASD: [TARGET]}, steps=3)
+    finally:
+        handle.remove()
+        shared.state.reset()
+    assert len(res.images) == 1
+    # the autouse fixture checks that the VAE and the sessions are clean
+
+
+def test_infotext_round_trip_through_paste_fields(webui):
+    from modules import infotext_utils
+
+    args = [True, 201, 123, SMALL_BUCKETS, "explicit", 128, 64, 2, 64, 3, "Latent (bicubic)", 0.55, 2, "off"]
+    res = webui.txt2img({ASD: args}, steps=2)
+    params = infotext_utils.parse_generation_parameters(res.infotexts[0])
+    script = webui.scripts[("txt2img", ASD)]
+    pasted = {component.elem_id: fn(params) for component, fn in script.infotext_fields}
+    values = [pasted[c.elem_id] for c in script.controls]
+    assert values == args
+    assert same_images(res, webui.txt2img({ASD: values}, steps=2))
