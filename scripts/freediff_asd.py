@@ -10,25 +10,20 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from modules import script_callbacks, scripts, shared  # noqa: E402
+from modules import script_callbacks, shared  # noqa: E402
 from modules.ui_components import InputAccordion  # noqa: E402
 
 from lib_freediff.asd.params import ASD_PARAMS, FEATURE  # noqa: E402
 from lib_freediff.errors import FreeDiffError  # noqa: E402
 from lib_freediff.webui import app as freediff_app  # noqa: E402
-from lib_freediff.webui import asd, overrides, runtime, ui, xyz  # noqa: E402
+from lib_freediff.webui import asd, overrides, runtime, script_base, ui, xyz  # noqa: E402
 
 PLAN_INPUTS = ("width", "height", "buckets", "mode", "tile")
 
 
-class AnySizeDiffusionScript(scripts.Script):
+class AnySizeDiffusionScript(script_base.FeatureScript):
+    feature = FEATURE
     sorting_priority = 11
-
-    def title(self):
-        return FEATURE
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
         p = ASD_PARAMS.by_name

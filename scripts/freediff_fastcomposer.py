@@ -10,25 +10,20 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from modules import script_callbacks, scripts  # noqa: E402
+from modules import script_callbacks  # noqa: E402
 from modules.ui_components import InputAccordion, ToolButton  # noqa: E402
 
 from lib_freediff.webui import app as freediff_app  # noqa: E402
 from lib_freediff.webui import fastcomposer as fc  # noqa: E402
-from lib_freediff.webui import runtime, ui, xyz  # noqa: E402
+from lib_freediff.webui import runtime, script_base, ui, xyz  # noqa: E402
 
 FEATURE = fc.FEATURE
 PARAMS = fc.FASTCOMPOSER_PARAMS
 
 
-class FastComposerScript(scripts.Script):
-    sorting_priority = 11
-
-    def title(self):
-        return FEATURE
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
+class FastComposerScript(script_base.FeatureScript):
+    feature = FEATURE
+    sorting_priority = 12
 
     def ui(self, is_img2img):
         p = PARAMS.by_name

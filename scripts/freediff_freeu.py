@@ -10,22 +10,17 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from modules import script_callbacks, scripts  # noqa: E402
+from modules import script_callbacks  # noqa: E402
 from modules.ui_components import InputAccordion  # noqa: E402
 
 from lib_freediff.freeu.params import CUSTOM, FAMILY_VALUES, FACTOR_NAMES, FEATURE, FREEU_PARAMS  # noqa: E402
 from lib_freediff.webui import app as freediff_app  # noqa: E402
-from lib_freediff.webui import freeu, runtime, ui, xyz  # noqa: E402
+from lib_freediff.webui import freeu, runtime, script_base, ui, xyz  # noqa: E402
 
 
-class FreeUScript(scripts.Script):
+class FreeUScript(script_base.FeatureScript):
+    feature = FEATURE
     sorting_priority = 10
-
-    def title(self):
-        return FEATURE
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
         p = FREEU_PARAMS.by_name

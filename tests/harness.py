@@ -107,7 +107,8 @@ class WebUI:
 
 
 def _script_classes(module):
-    return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script and v.__module__ == module.__name__]
+    """As the WebUI's loader: every Script subclass in the module's namespace, imported ones included."""
+    return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, scripts.Script)]
 
 
 def make_image(width=64, height=64, seed=0) -> Image.Image:
@@ -155,6 +156,24 @@ def unet_fails_at_call(unet: torch.nn.Module, n: int, message: str = "out of mem
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def unet_interrupts_at_call(unet: torch.nn.Module, n: int):
+    """Presses the WebUI's Interrupt at the ``n``-th U-Net forward inside the block."""
+    calls = []
+
+    def interrupt(module, args):
+        calls.append(1)
+        if len(calls) == n:
+            shared.state.interrupt()
+
+    handle = unet.register_forward_pre_hook(interrupt)
+    try:
+        yield
+    finally:
+        handle.remove()
+        shared.state.reset()
 
 
 def unet_forward_counter(unet: torch.nn.Module, record: list, probe):

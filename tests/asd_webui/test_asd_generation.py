@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lib_freediff.webui.asd as asd_glue
-from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call
+from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call
 from lib_freediff.asd.fstd import TiledDenoiser
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
@@ -175,19 +175,9 @@ def test_api_img2img(client):
 
 
 def test_interrupt_in_second_pass_cleans_up(webui, sd1):
-    calls = []
-
-    def interrupt(module, args):
-        calls.append(1)
-        if len(calls) == 5:  # inside the tiled second pass
-            shared.state.interrupt()
-
-    handle = sd1.model.diffusion_model.register_forward_pre_hook(interrupt)
-    try:
+    # the 5th call is inside the tiled second pass
+    with unet_interrupts_at_call(sd1.model.diffusion_model, 5):
         res = webui.txt2img({ASD: [TARGET]}, steps=3)
-    finally:
-        handle.remove()
-        shared.state.reset()
     assert len(res.images) == 1
     # the autouse fixture checks that the VAE and the sessions are clean
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness import make_image, pixels, same_images, unet_fails_at_call
+from harness import make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
 from modules import infotext_utils, shared
@@ -131,19 +131,8 @@ def test_no_hook_left_after_a_generation_that_raised(webui, bare, sd1):
 
 
 def test_interrupt_mid_generation_cleans_up(webui, sd1):
-    calls = []
-
-    def interrupt(module, args):
-        calls.append(1)
-        if len(calls) == 2:
-            shared.state.interrupt()
-
-    handle = sd1.model.diffusion_model.register_forward_pre_hook(interrupt)
-    try:
+    with unet_interrupts_at_call(sd1.model.diffusion_model, 2):
         res = webui.txt2img({FREEU: [True]}, steps=6)
-    finally:
-        handle.remove()
-        shared.state.reset()
     assert len(res.images) == 1
     assert attached_hook_count(sd1.model.diffusion_model) == 0
 
