@@ -44,8 +44,8 @@ ASD_PARAMS = ParamSet(
         Param("tile", "int", 512, "Tile size (px)", 128, 2048, 64, check=_multiple_of(64)),
         Param("offset_range", "int", 256, "Random offset range (px)", 0, 2048, 8, check=_multiple_of(8),
               info="implicit mode: the grid shifts by up to this much each step"),
-        Param("reset_every", "int", 4, "Reset offset every N steps", 0, 1000, 1,
-              info="steps 0, N, 2N, … use the unshifted grid; 0 = never"),
+        Param("reset_every", "int", 0, "Reset offset every N steps", 0, 1000, 1,
+              info="steps 0, N, 2N, … use the unshifted grid (the paper's code: 4); 0 = never"),
         Param("overlap", "int", 256, "Overlap (px, explicit mode)", 0, 2040, 8, check=_multiple_of(8)),
         Param("tile_batch", "int", 4, "Tiles per U-Net call", 1, 64, 1),
         Param("upscaler", "choice", "Latent", "Upscaler", choices=["Latent"], open_choices=True,
@@ -77,6 +77,7 @@ def buckets_for(values: Mapping[str, Any], family: str | None):
 
 
 BUILTIN_PRESETS = {
+    # the reference code's schedule: offset reset to (0, 0) every 4th step
     "ASD paper (FSTD)": {"enabled": True, "mode": "implicit", "tile": 512, "offset_range": 256, "reset_every": 4},
     "ASD explicit overlap": {"enabled": True, "mode": "explicit", "tile": 512, "overlap": 256},
 }

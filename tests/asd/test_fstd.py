@@ -316,8 +316,8 @@ def test_seams_on_real_unet(kdenoiser):
     configs = {
         "none": dict(mode="none"),
         "explicit": dict(mode="explicit", overlap=T // 2),
-        "fstd": dict(mode="implicit", offset_range=T // 2),  # default reset_every=4
-        "fstd_r0": dict(mode="implicit", offset_range=T // 2, reset_every=0),
+        "fstd": dict(mode="implicit", offset_range=T // 2),  # default: rotating anchor, no resets
+        "fstd_r4": dict(mode="implicit", offset_range=T // 2, reset_every=4),  # the reference's schedule
     }
     ratios = {k: 0.0 for k in ["untiled", *configs]}
     for seed in (5, 6):
@@ -342,8 +342,22 @@ def test_seams_on_real_unet(kdenoiser):
     print("border ratios", {k: round(v, 3) for k, v in ratios.items()})
     assert excess["none"] > 0.4  # no overlap: clear seams at the fixed grid
     assert excess["explicit"] < 0.25 * excess["none"]
-    assert ratios["fstd_r0"] <= ratios["explicit"] + 0.02  # FSTD without resets: at/below explicit
-    assert excess["fstd"] < 0.5 * excess["none"]  # resets to offset 0 leave a little at the fixed grid
+    assert ratios["fstd"] <= ratios["explicit"] + 0.02  # FSTD (default): at/below explicit overlap
+    assert excess["fstd_r4"] < 0.5 * excess["none"]  # resets to offset 0 leave a little at the fixed grid
+
+
+@pytest.mark.parametrize("reset_every", [0, 4])
+def test_every_cell_is_refreshed_often(reset_every):
+    """With the rotating anchor every latent cell is denoised (not carried) in at least a quarter of the
+    steps, edges included, as often as the reference's every-4th-step reset manages for its corner."""
+    L, T, R, steps = 128, 64, 32, 40
+    for seed in range(5):
+        d = TiledDenoiser(pointwise, tile=T, offset_range=R, reset_every=reset_every, seed=seed)
+        covered = torch.zeros(L, L)
+        for i in range(steps):
+            dx, dy = d.offset_for_step(i)
+            covered += coverage(tile_grid(L, L, T, dx, dy, anchor=d.anchor_for_step(i)), L, L).clamp(max=1)
+        assert (covered / steps).min() >= 0.2
 
 
 # -- arguments -------------------------------------------------------------------------------------

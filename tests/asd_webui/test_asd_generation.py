@@ -136,7 +136,7 @@ def test_api_dict_and_list(client):
     r = client.post("/sdapi/v1/txt2img", json=payload)
     assert r.status_code == 200, r.text
     assert image_from_b64(r.json()["images"][0]).size == (200, 120)
-    positional = [True, 200, 120, SMALL_BUCKETS, "implicit", 128, 64, 4, 64, 4, "Latent", 0.6, 3, "auto"]
+    positional = [True, 200, 120, SMALL_BUCKETS, "implicit", 128, 64, 0, 64, 4, "Latent", 0.6, 3, "auto"]
     r2 = client.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"Any-Size Diffusion": {"args": positional}}})
     assert r2.json()["images"] == r.json()["images"]
     assert infotexts_of(r2.json()) == infotexts_of(r.json())
