@@ -3,23 +3,9 @@
 import pytest
 import torch
 
+from tiny_sd import UNetAsLDM
+
 torch.set_num_threads(1)
-
-
-class FakeLatentDiffusion(torch.nn.Module):
-    """Just enough of ldm's LatentDiffusion for ``k_diffusion.external.CompVisDenoiser``: the SD
-    ``alphas_cumprod`` schedule and ``apply_model(x, t, cond)`` with the WebUI's cond dict."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.model = unet
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
-
-    def apply_model(self, x, t, cond):
-        cc = cond.get("c_concat") or []
-        xin = torch.cat([x, *cc], 1) if cc else x
-        return self.model(xin, t, context=torch.cat(cond["c_crossattn"], 1))
 
 
 def make_unet(seed=0, model_channels=32, in_channels=4):
@@ -42,7 +28,7 @@ def make_unet(seed=0, model_channels=32, in_channels=4):
 def kdenoiser():
     import k_diffusion as K
 
-    return K.external.CompVisDenoiser(FakeLatentDiffusion(make_unet()))
+    return K.external.CompVisDenoiser(UNetAsLDM(make_unet()))
 
 
 class TinyVAE(torch.nn.Module):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from lib_freediff.asd.fstd import MODES, TileBox, TiledDenoiser, axis_starts, tile_grid
 from lib_freediff.errors import ParamError
+from tiny_sd import sd_alphas_cumprod
 
 B, H, W = 2, 75, 125  # odd latent sizes on purpose
 
@@ -182,8 +183,7 @@ def test_skipped_step_or_new_run_does_not_reuse_stale_memory():
 
 
 def _alphas():
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0)
+    return sd_alphas_cumprod()
 
 
 @pytest.mark.parametrize("prediction", ["x0", "eps", "v"])

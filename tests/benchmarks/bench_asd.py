@@ -21,10 +21,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "webui_stub")))
 
 import torch  # noqa: E402
 
 from lib_freediff.asd.fstd import TiledDenoiser  # noqa: E402
+from tiny_sd import UNetAsLDM  # noqa: E402
 
 UNETS = {
     "mid": dict(model_channels=64, channel_mult=(1, 2, 4), num_res_blocks=1, attention_resolutions=[2, 4],
@@ -32,19 +34,6 @@ UNETS = {
     "sd15": dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=[4, 2, 1],
                  num_heads=8, context_dim=768),
 }
-
-
-class FakeLDM(torch.nn.Module):
-    """``alphas_cumprod`` + ``apply_model`` around a UNet, as k-diffusion's CompVisDenoiser needs."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.model = unet
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
-
-    def apply_model(self, x, t, cond):
-        return self.model(x, t, context=torch.cat(cond["c_crossattn"], 1))
 
 
 def build(args):
@@ -58,7 +47,7 @@ def build(args):
     dtype = getattr(torch, args.dtype)
     unet = unet.to(args.device, dtype).eval()
     unet.dtype = dtype
-    den = CompVisDenoiser(FakeLDM(unet).to(args.device))
+    den = CompVisDenoiser(UNetAsLDM(unet).to(args.device))
     with torch.no_grad(), torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
         # one-time backend set-up and kernel selection at the tile shape, so no measured mode pays it
         for b in {1, args.tile_batch}:

@@ -23,11 +23,13 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for path in (ROOT, os.path.join(ROOT, "tests", "webui_stub")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from tiny_sd import UNetAsLDM  # noqa: E402
 
 
 def build_unet(full: bool, context_dim: int):
@@ -41,19 +43,6 @@ def build_unet(full: bool, context_dim: int):
                    num_head_channels=64)
     return UNetModel(image_size=32, in_channels=4, out_channels=4, use_spatial_transformer=True,
                      transformer_depth=1, context_dim=context_dim, use_checkpoint=False, legacy=False, **cfg)
-
-
-class CompVisLike(torch.nn.Module):
-    """What k-diffusion's CompVisDenoiser needs: SD's alphas_cumprod and apply_model."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
-
-    def apply_model(self, x, t, cond):
-        return self.unet(x, timesteps=t, context=cond)
 
 
 def machine(device: str) -> str:
@@ -111,7 +100,7 @@ def main(argv=None):
             p.normal_(0, 0.02)
     unet = unet.to(device, dtype).eval().requires_grad_(False)
     fc = fc.to(device, dtype)
-    model = CompVisDenoiser(CompVisLike(unet).to(device)).to(device)
+    model = CompVisDenoiser(UNetAsLDM(unet).to(device)).to(device)
 
     import tempfile
 

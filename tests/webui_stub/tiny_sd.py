@@ -75,6 +75,29 @@ def sdxl_unet_full_blocks(model_channels=32, seed=0, context_dim=64):
     return randomize_zero_init(unet, seed).eval()
 
 
+def sd_alphas_cumprod() -> torch.Tensor:
+    """Stable Diffusion's DDPM schedule (scaled-linear betas 0.00085..0.012 over 1000 steps), float64."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class UNetAsLDM(torch.nn.Module):
+    """What k-diffusion's ``CompVisDenoiser`` needs of ldm's LatentDiffusion around a bare U-Net:
+    ``alphas_cumprod`` and ``apply_model(x, t, cond)``, ``cond`` the WebUI's dict (``c_crossattn``,
+    optional ``c_concat``) or a plain context tensor."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.model = unet
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod().float())
+
+    def apply_model(self, x, t, cond):
+        if not isinstance(cond, dict):
+            return self.model(x, t, context=cond)
+        concat = cond.get("c_concat") or []
+        return self.model(torch.cat([x, *concat], 1) if concat else x, t, context=torch.cat(cond["c_crossattn"], 1))
+
+
 class TinyAutoencoderKL(torch.nn.Module):
     """AutoencoderKL's modules and keys (encoder, decoder, quant_conv, post_quant_conv)."""
 
@@ -134,8 +157,7 @@ class TinySD(torch.nn.Module):
         self.parameterization = "eps"
         self.scale_factor = 0.18215
         self.latent_channels = 4
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0).float())
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod().float())
         self.sd_model_hash = "0123abcd"
         self.sd_checkpoint_info = types.SimpleNamespace(name_for_extra="tiny", short_title="tiny", filename="tiny.safetensors")
         self.eval()
