@@ -1,5 +1,7 @@
 """Errors shared by every feature: each one names the parameter or file that is wrong."""
 
+from __future__ import annotations
+
 
 class FreeDiffError(ValueError):
     """A user-facing error.
@@ -8,19 +10,20 @@ class FreeDiffError(ValueError):
     instead of a bare 500 (it reads both with ``vars(e)``, so they must be instance attributes).
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, feature: str | None = None):
         super().__init__(message)
         self.status_code = 422
         self.detail = message
+        if feature is not None:
+            self.feature = feature
 
 
 class ParamError(FreeDiffError):
     """A bad value for a named parameter of a feature (API field, UI control, infotext, preset)."""
 
     def __init__(self, feature: str, param: str, message: str):
-        self.feature = feature
         self.param = param
-        super().__init__(f"{feature}: parameter '{param}': {message}")
+        super().__init__(f"{feature}: parameter '{param}': {message}", feature=feature)
 
 
 class ModelFileError(FreeDiffError):

@@ -47,3 +47,14 @@ def presets_dir(tmp_path, monkeypatch):
     folder = tmp_path / "presets"
     monkeypatch.setenv("FREEDIFF_PRESETS_DIR", str(folder))
     return folder
+
+
+def pytest_configure(config):
+    # tests/test_api_stack.py reruns the API tests under anyio 3: make sure that leg really has it
+    expect = os.environ.get("FREEDIFF_EXPECT_ANYIO")
+    if expect:
+        import importlib.metadata
+
+        found = importlib.metadata.version("anyio")
+        if found.split(".")[0] != expect:
+            raise pytest.UsageError(f"FREEDIFF_EXPECT_ANYIO={expect} but anyio {found} is imported")

@@ -13,6 +13,11 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$STAMP"; then
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r tests/requirements.txt
   cp tests/requirements.txt "$STAMP"
 fi
+# anyio 3 beside the venv's anyio 4: the API tests run under both (tests/test_api_stack.py)
+ANYIO3="$VENV/anyio3"
+if [ ! -f "$ANYIO3/anyio/__init__.py" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$ANYIO3" anyio==3.7.1
+fi
 # the browser test needs Debian's chromium (no browser download is possible); install when missing
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"

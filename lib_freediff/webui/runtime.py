@@ -81,12 +81,44 @@ def on_cfg_denoiser(params) -> None:
         session.on_cfg_denoiser(params)
 
 
+_HTTP_CLASSES: dict[type, type] = {}
+
+
+def http_error(error: FreeDiffError) -> FreeDiffError:
+    """``error`` as an instance of a subclass of both its own class and FastAPI's ``HTTPException``.
+
+    Raised inside a generation, it reaches API clients as a 4xx in every stack: the WebUI registers a handler
+    for ``HTTPException`` that FastAPI runs in its innermost exception middleware, at the endpoint, so the
+    error is answered there, before starlette's ``BaseHTTPMiddleware`` (under anyio 4) would wrap it in an
+    ``ExceptionGroup`` that the WebUI's own middleware answers with a bare 500. The class name, the message
+    and the fields (``feature``, ``param``) stay those of ``error``, as the UI shows ``Type: message``.
+    """
+    try:
+        from fastapi.exceptions import HTTPException
+    except ImportError:  # no FastAPI (a host without the API): the plain error is all there is
+        return error
+    if isinstance(error, HTTPException):
+        return error
+    cls = type(error)
+    http_cls = _HTTP_CLASSES.get(cls)
+    if http_cls is None:
+        http_cls = _HTTP_CLASSES[cls] = type(cls.__name__, (cls, HTTPException), {
+            "__module__": cls.__module__, "__str__": BaseException.__str__, "__repr__": BaseException.__repr__})
+    converted = http_cls.__new__(http_cls)
+    converted.args = error.args
+    converted.__dict__.update(vars(error))
+    converted.headers = None
+    # the WebUI's error answer carries vars(e)["body"]: the feature and field, for clients to read
+    converted.body = {key: value for key in ("feature", "param") if (value := getattr(error, key, None))}
+    return converted
+
+
 class RefusalGate:
     """Stops a generation with a clear error before any model work.
 
     The WebUI catches and only prints exceptions from script methods, so a bad API value would be
     ignored silently; a forward pre-hook on the text encoder and U-Net raises the error instead, and
-    the API answers 422 with it.
+    the API answers 422 with it (see :func:`http_error`).
     """
 
     def __init__(self, sd_model, error: FreeDiffError):
@@ -96,7 +128,7 @@ class RefusalGate:
             self._handles.append(module.register_forward_pre_hook(self._refuse))
 
     def _refuse(self, module, args):
-        raise self.error
+        raise http_error(self.error)
 
     def close(self) -> None:
         for handle in self._handles:

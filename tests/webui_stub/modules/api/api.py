@@ -1,10 +1,11 @@
-"""/sdapi/v1/txt2img and /sdapi/v1/img2img with v1.10.1's script-arg mapping and error answers."""
+"""/sdapi/v1/txt2img and /sdapi/v1/img2img with v1.10.1's script-arg mapping, middleware stack and error answers."""
 
 import base64
 import io
 from contextlib import closing
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -31,26 +32,47 @@ def encode_pil_to_base64(image):
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def api_middleware(app: FastAPI):
+    """v1.10.1's middleware and handlers, in its order: two ``BaseHTTPMiddleware`` layers (under anyio 4 they
+    wrap an exception escaping the endpoint in an ``ExceptionGroup``), an ``Exception`` handler (starlette's
+    outermost ``ServerErrorMiddleware``) and an ``HTTPException`` handler (FastAPI's innermost
+    ``ExceptionMiddleware``, at the endpoint)."""
+
+    @app.middleware("http")
+    async def log_and_time(req: Request, call_next):
+        res = await call_next(req)
+        res.headers["X-Process-Time"] = "0"
+        return res
+
+    def handle_exception(request: Request, e: Exception):
+        err = {"error": type(e).__name__, "detail": vars(e).get('detail', ''), "body": vars(e).get('body', ''), "errors": str(e)}
+        return JSONResponse(status_code=vars(e).get('status_code', 500), content=jsonable_encoder(err))
+
+    @app.middleware("http")
+    async def exception_handling(request: Request, call_next):
+        try:
+            return await call_next(request)
+        except Exception as e:
+            return handle_exception(request, e)
+
+    @app.exception_handler(Exception)
+    async def fastapi_exception_handler(request: Request, e: Exception):
+        return handle_exception(request, e)
+
+    @app.exception_handler(HTTPException)
+    async def http_exception_handler(request: Request, e: HTTPException):
+        return handle_exception(request, e)
+
+
 class Api:
     def __init__(self, app: FastAPI, runners: dict, default_args: dict):
         self.app = app
         self.runners = runners
         self.default_args = default_args
+        api_middleware(app)
+        # plain (sync) endpoints, as the WebUI's: FastAPI runs them in its thread pool
         app.add_api_route("/sdapi/v1/txt2img", self.text2imgapi, methods=["POST"])
         app.add_api_route("/sdapi/v1/img2img", self.img2imgapi, methods=["POST"])
-
-        def handle_exception(request: Request, e: Exception):
-            err = {"error": type(e).__name__, "detail": vars(e).get('detail', ''), "body": vars(e).get('body', ''), "errors": str(e)}
-            return JSONResponse(status_code=vars(e).get('status_code', 500), content=jsonable_encoder(err))
-
-        @app.middleware("http")
-        async def exception_handling(request: Request, call_next):
-            try:
-                return await call_next(request)
-            except Exception as e:
-                return handle_exception(request, e)
-
-        app.add_exception_handler(Exception, handle_exception)
 
     def get_script(self, script_name, script_runner):
         for script in script_runner.alwayson_scripts:
@@ -78,12 +100,10 @@ class Api:
             processed = processing.process_images(p)
         return {"images": [encode_pil_to_base64(im) for im in processed.images], "parameters": request, "info": processed.js()}
 
-    async def text2imgapi(self, request: Request):
-        body = await request.json()
+    def text2imgapi(self, body: dict = Body(...)):
         return self._run("txt2img", body, processing.StableDiffusionProcessingTxt2Img)
 
-    async def img2imgapi(self, request: Request):
-        body = await request.json()
+    def img2imgapi(self, body: dict = Body(...)):
         images = [decode_base64_to_image(x) for x in body.get("init_images") or []]
         if not images:
             raise HTTPException(status_code=404, detail="Init image not found")
