@@ -7,6 +7,7 @@
 - ``conditioning``: the ``img`` marker syntax, token positions in the WebUI's 77-token chunk layout,
   delayed subject conditioning.
 - ``preprocess``: reference-image preprocessing and base64 decoding.
+- ``params``: the feature's parameter set (API fields), presets and infotext value.
 
 Nothing here imports the WebUI or diffusers.
 """

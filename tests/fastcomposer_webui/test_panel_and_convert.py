@@ -79,7 +79,7 @@ def test_free_memory_button():
 
 
 def test_no_model_file_is_explained(model_files, monkeypatch, tmp_path):
-    monkeypatch.setattr(fc, "models_dir", lambda: str(tmp_path / "empty"))
+    monkeypatch.setattr(fc.models, "models_dir", lambda: str(tmp_path / "empty"))
     assert fc.list_models() == [] and fc.default_model_choice() == ""
     assert "no FastComposer model in" in fc.model_status("")
 

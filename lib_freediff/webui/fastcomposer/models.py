@@ -1,0 +1,183 @@
+"""FastComposer's model files in the WebUI: the ``models/fastcomposer`` folder, resolving a model name,
+the loaded-model cache, file hashes, the loaded SD model's checks, and the panel's model buttons."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from modules import devices, paths, shared
+
+from lib_freediff.errors import FreeDiffError, ParamError
+from lib_freediff.fastcomposer.convert import is_fastcomposer_unet
+from lib_freediff.fastcomposer.loader import FastComposerCache, model_hash
+from lib_freediff.fastcomposer.model import FEATURE
+from lib_freediff.unet_info import model_family
+
+MODELS_SUBDIR = "fastcomposer"
+MODEL_EXTENSIONS = (".bin", ".safetensors")
+
+CACHE = FastComposerCache()
+
+
+def models_dir() -> str:
+    return os.path.join(paths.models_path, MODELS_SUBDIR)
+
+
+def list_models() -> list[str]:
+    """Model files under models/fastcomposer (relative names with '/'), sorted."""
+    root = models_dir()
+    found = []
+    if os.path.isdir(root):
+        for folder, _dirs, files in os.walk(root):
+            for f in files:
+                if f.lower().endswith(MODEL_EXTENSIONS) and not f.startswith("."):
+                    found.append(os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/"))
+    return sorted(found, key=str.lower)
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """(name, absolute path) of a model file; '' means the first one. Only files of the folder count."""
+    names = list_models()
+    if not names:
+        raise ParamError(FEATURE, "model", f"no FastComposer model in {models_dir()}: put the release's "
+                                           "pytorch_model.bin (or a .safetensors copy) there")
+    name = (name or "").strip()
+    if not name:
+        name = names[0]
+    if name not in names:
+        matches = [n for n in names if os.path.basename(n) == name or os.path.splitext(os.path.basename(n))[0] == name]
+        if len(matches) != 1:
+            raise ParamError(FEATURE, "model", f"{name!r} is not a model in {models_dir()}; available: {', '.join(names)}")
+        name = matches[0]
+    return name, os.path.join(models_dir(), *name.split("/"))
+
+
+def default_model_choice() -> str:
+    names = list_models()
+    return names[0] if names else ""
+
+
+def checkpoints_dir() -> str:
+    return getattr(shared.cmd_opts, "ckpt_dir", None) or os.path.join(paths.models_path, "Stable-diffusion")
+
+
+def file_hash(path: str, name: str) -> str:
+    """sha256 of the model file, 10 digits: through the WebUI's hash cache (cache.json, kept across
+    restarts) when there is one, else computed once per process; "none" under ``--no-hashing``."""
+    try:
+        from modules import hashes
+    except ImportError:
+        return model_hash(path)
+    digest = hashes.sha256(path, f"{MODELS_SUBDIR}/{name}")
+    return digest[:10] if digest else "none"
+
+
+# ----------------------------------------------------------------------------------------------------
+# checks of the loaded WebUI model
+# ----------------------------------------------------------------------------------------------------
+
+def unet_of(sd_model):
+    return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+
+
+def loaded_family(sd_model) -> Optional[str]:
+    for attr, family in (("is_sdxl", "SDXL"), ("is_sd3", "SD3"), ("is_sd2", "SD2")):
+        if getattr(sd_model, attr, False):
+            return family
+    unet = unet_of(sd_model)
+    fam = model_family(unet) if unet is not None else None
+    return {"sdxl": "SDXL", "sd2": "SD2"}.get(fam or "", "SD1")
+
+
+def model_title(sd_model) -> str:
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "short_title", None) or getattr(info, "title", None) or "the loaded model"
+
+
+def check_sd_model(sd_model) -> None:
+    """Refuses anything but an SD1.x model with the WebUI's CLIP text conditioning."""
+    if sd_model is None:
+        raise FreeDiffError(f"{FEATURE}: no Stable Diffusion model is loaded")
+    family = loaded_family(sd_model)
+    if family != "SD1":
+        raise FreeDiffError(f"{FEATURE} needs an SD1.5 model; {model_title(sd_model)} is {family}. Load the "
+                            "FastComposer checkpoint (panel: 'Create WebUI checkpoint') or another SD1.5 model.")
+    cond = getattr(sd_model, "cond_stage_model", None)
+    if not all(hasattr(cond, a) for a in ("tokenize", "tokenize_line", "register_forward_pre_hook")):
+        raise FreeDiffError(f"{FEATURE} needs the WebUI's CLIP text conditioning (FrozenCLIPEmbedderWithCustomWords); "
+                            f"this model's text encoder is {type(cond).__name__}")
+    if getattr(shared.opts, "use_old_emphasis_implementation", False):
+        raise FreeDiffError(f"{FEATURE} does not work with the setting 'Use old emphasis implementation'; turn it off")
+
+
+def has_fastcomposer_unet(sd_model, path: str) -> bool:
+    """Whether the loaded U-Net is the one of the FastComposer file at ``path``."""
+    try:
+        return is_fastcomposer_unet(unet_of(sd_model), path)
+    except FreeDiffError:  # e.g. a file that holds only the image encoder and post-fuse module
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# the panel's model buttons
+# ----------------------------------------------------------------------------------------------------
+
+def model_status(name: str | None = None) -> str:
+    """One line of Markdown for the panel: is the loaded WebUI model FastComposer's U-Net?"""
+    sd_model = shared.sd_model
+    try:
+        mname, path = resolve_model(name or "")
+    except ParamError as e:
+        return f"⚠️ {e.args[0].split(': ', 2)[-1]}"
+    if sd_model is None:
+        return "No Stable Diffusion model is loaded."
+    family = loaded_family(sd_model)
+    if family != "SD1":
+        return f"⚠️ The loaded model ({model_title(sd_model)}) is {family}: FastComposer needs SD1.5, generation will be refused."
+    try:
+        ok = is_fastcomposer_unet(unet_of(sd_model), path)
+    except FreeDiffError as e:
+        return f"⚠️ {e}"
+    if ok:
+        return f"✅ The loaded WebUI model ({model_title(sd_model)}) has FastComposer's U-Net ({mname})."
+    return (f"⚠️ The loaded WebUI model ({model_title(sd_model)}) is **not** FastComposer's U-Net: subjects will "
+            f"not look like the images. Click **Create WebUI checkpoint** and select "
+            f"`{os.path.splitext(_checkpoint_name(mname))[0]}` in the Stable Diffusion checkpoint dropdown.")
+
+
+def _checkpoint_name(model_name: str) -> str:
+    from lib_freediff.fastcomposer.__main__ import checkpoint_name_for
+
+    return checkpoint_name_for(model_name)
+
+
+def convert_model(name: str | None = None) -> str:
+    """Writes the WebUI checkpoint of a FastComposer file into models/Stable-diffusion (the panel's button)."""
+    from lib_freediff.fastcomposer.convert import write_webui_checkpoint
+
+    try:
+        mname, path = resolve_model(name or "")
+        out = os.path.join(checkpoints_dir(), _checkpoint_name(mname))
+        if os.path.exists(out):
+            return (f"`{out}` exists already: select `{os.path.splitext(os.path.basename(out))[0]}` in the Stable "
+                    "Diffusion checkpoint dropdown (delete the file to write it again).")
+        write_webui_checkpoint(path, out)
+    except FreeDiffError as e:
+        return f"**Error:** {e}"
+    try:  # let the WebUI's checkpoint list see the new file
+        from modules import sd_models
+
+        sd_models.list_models()
+    except Exception:
+        pass
+    size = os.path.getsize(out) / 2 ** 30
+    return (f"Wrote `{out}` ({size:.2f} GiB). Select `{os.path.splitext(os.path.basename(out))[0]}` in the Stable "
+            "Diffusion checkpoint dropdown (🔄 refreshes the list).")
+
+
+def free_memory() -> str:
+    CACHE.unload()
+    devices.torch_gc()
+    return "Freed the FastComposer model and its cached subject embeddings (loaded again on the next use)."
+

@@ -1,0 +1,280 @@
+"""FastComposer in one WebUI generation: checks before sampling, the text-encoder hooks that strip the
+markers, and the CFG denoiser callback that swaps in the subject-augmented conditioning.
+
+How it hooks in (one generation; everything is removed in postprocess or when ``p`` is closed):
+
+- A forward pre-hook on ``shared.sd_model.cond_stage_model`` (the WebUI's FrozenCLIPEmbedderWithCustomWords)
+  rewrites the ``texts`` it is called with: markers removed, so the model never sees ``img``.
+  ``p.prompt``/``p.all_prompts`` keep them (infotext paste-back reproduces the image). Texts the WebUI
+  marks as negative (``SdConditioning.is_negative_prompt``) pass untouched. For each text the pre-hook
+  computes the token positions of its marked nouns (see ``layout.text_layout``).
+- A forward hook records, for each row of the text encoder's output, which text (and so which
+  positions) it holds, keyed by the row's storage address (the WebUI keeps views of that very tensor in
+  its ``ScheduledPromptConditioning`` entries). The WebUI's cond cache is emptied when the session starts
+  and ends, so every cond of the generation goes through the hook and no marker-stripped cond outlives it.
+- ``on_cfg_denoiser``: the rows of ``params.text_cond`` are rebuilt in the order the CFG denoiser
+  stacks them (each image, each ``AND`` part, the prompt-editing entry active at this call); from the
+  switch step on, ``params.text_cond`` is replaced by a copy in which only the marked positions hold
+  ``postfuse(text, subject)``. ``params.text_uncond`` is never changed.
+
+Subjects are numbered in prompt order across ``AND`` parts: the k-th marker of a part takes image
+``offset + k`` (``offset`` = markers in the parts before it). Prompt editing and alternation are
+resolved by the WebUI; every variant of a part must mark the same number of subjects.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+
+import torch
+
+from modules import devices, shared
+
+from lib_freediff.errors import FreeDiffError, ModelFileError, ParamError
+from lib_freediff.fastcomposer.conditioning import use_augmented
+from lib_freediff.fastcomposer.model import FEATURE
+from lib_freediff.fastcomposer.params import FASTCOMPOSER_PARAMS, INFOTEXT_KEY, MAX_IMAGES, image_hash, infotext_value
+from lib_freediff.schedule import sampler_step
+from lib_freediff.unet_info import context_dim
+from lib_freediff.webui import runtime
+from lib_freediff.webui.fastcomposer.layout import Layout, check_prompts, text_layout
+from lib_freediff.webui.fastcomposer.models import (CACHE, check_sd_model, file_hash, has_fastcomposer_unet,
+                                                    model_title, resolve_model, unet_of)
+from lib_freediff.webui.overrides import values_with_overrides
+
+
+def _row_key(t: torch.Tensor):
+    return (t.device.type, t.device.index, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+def _scheduled_entry(schedules, step: int):
+    """The prompt-editing entry the WebUI's reconstruct_cond_batch picks at denoiser call ``step``."""
+    for entry in schedules:
+        if step <= entry.end_at_step:
+            return entry
+    return schedules[0]
+
+
+def _replace_texts(texts, clean):
+    if isinstance(texts, list):
+        new = copy.copy(texts)  # keeps SdConditioning's width, height, is_negative_prompt
+        new[:] = clean
+        return new
+    return type(texts)(clean)
+
+
+def values_for(p, args) -> dict | None:
+    values, _, _ = values_with_overrides(FASTCOMPOSER_PARAMS, p, args)
+    if not values["enabled"]:
+        return None
+    return values
+
+
+class FastComposerSession:
+    def __init__(self, p, values: dict, model, subjects: torch.Tensor):
+        self.p = p
+        self.values = values
+        self.alpha = float(values["alpha"])
+        self.model = model
+        self.subjects = subjects            # (n, D) float32, CPU
+        self.n_subjects = subjects.shape[0]
+        self.cond_model = shared.sd_model.cond_stage_model
+        self.layouts: dict[str, Layout] = {}
+        self.records: dict[tuple, Layout] = {}
+        self._keep: list[torch.Tensor] = []   # encoder outputs whose storage addresses are record keys
+        self._pending: list = []
+        self.in_hires = False
+        self.augmented_calls = 0
+        self._warned = False
+        self._handles = [self.cond_model.register_forward_pre_hook(self._before_encode),
+                         self.cond_model.register_forward_hook(self._after_encode)]
+        clear_cond_caches(p)
+
+    # -- text encoder hooks ----------------------------------------------------------------------------
+
+    def layout_of(self, text: str) -> Layout:
+        layout = self.layouts.get(text)
+        if layout is None:
+            layout = self.layouts[text] = text_layout(self.cond_model, text)
+        return layout
+
+    def _before_encode(self, module, args):
+        texts = args[0] if args else None
+        if (not isinstance(texts, (list, tuple)) or getattr(texts, "is_negative_prompt", False)
+                or not all(isinstance(t, str) for t in texts)):
+            self._pending.append(None)
+            return None
+        layouts = [self.layout_of(t) for t in texts]
+        self._pending.append(layouts)
+        clean = [layout.clean for layout in layouts]
+        if clean == list(texts):
+            return None
+        return (_replace_texts(texts, clean), *args[1:])
+
+    def _after_encode(self, module, args, output):
+        layouts = self._pending.pop() if self._pending else None
+        if layouts is None:
+            return None
+        z = output[0] if isinstance(output, (tuple, list)) else output
+        if not torch.is_tensor(z) or z.ndim != 3 or z.shape[0] != len(layouts):
+            return None
+        self._keep.append(z)
+        for i, layout in enumerate(layouts):
+            self.records[_row_key(z[i])] = layout
+        return None
+
+    # -- sampling ---------------------------------------------------------------------------------------
+
+    def enter_hires(self) -> None:
+        self.in_hires = True
+
+    def _pass_enabled(self, denoiser) -> bool:
+        in_hires = self.in_hires or bool(getattr(getattr(denoiser, "p", None), "is_hr_pass", False))
+        return not in_hires or self.values["hires"]
+
+    def row_layouts(self, denoiser, n_rows: int):
+        """(layout or None, subject offset) for each row of ``text_cond``, in the CFG denoiser's order."""
+        cond = (getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}).get("cond")
+        if cond is None and hasattr(getattr(denoiser, "p", None), "get_conds"):
+            cond = denoiser.p.get_conds()[0]
+        rows = []
+        batch = getattr(cond, "batch", None)
+        if batch is not None:  # MulticondLearnedConditioning: images × AND parts, prompt editing per call
+            for parts in batch:
+                offset = 0
+                for part in parts:
+                    entry = _scheduled_entry(part.schedules, denoiser.step)
+                    layout = self.records.get(_row_key(entry.cond)) if torch.is_tensor(entry.cond) else None
+                    rows.append((layout, offset))
+                    offset += len(layout.positions) if layout is not None else 0
+        elif torch.is_tensor(cond) and cond.ndim == 3:  # a plain (B, T, C) cond
+            rows = [(self.records.get(_row_key(cond[r])), 0) for r in range(cond.shape[0])]
+        else:
+            return None
+        if len(rows) != n_rows:
+            if not self._warned:
+                print(f"[sd-webui-freediff] {FEATURE}: cannot match {n_rows} conditioning rows to the prompts "
+                      f"({len(rows)} expected); subject conditioning skipped")
+                self._warned = True
+            return None
+        return rows
+
+    def positions_for(self, rows) -> list:
+        out = []
+        for layout, offset in rows:
+            row = [None] * self.n_subjects
+            if layout is not None:
+                for k, pos in enumerate(layout.positions):
+                    if offset + k < self.n_subjects:
+                        row[offset + k] = pos
+            out.append(row)
+        return out
+
+    def on_cfg_denoiser(self, params) -> None:
+        denoiser = params.denoiser
+        if denoiser is None or not self._pass_enabled(denoiser):
+            return
+        steps = denoiser.steps or params.total_sampling_steps
+        step = sampler_step(denoiser.step, steps, denoiser.total_steps)
+        if not use_augmented(step, self.alpha, steps):
+            return
+        text_cond = params.text_cond
+        if not torch.is_tensor(text_cond) or text_cond.ndim != 3:
+            return
+        rows = self.row_layouts(denoiser, text_cond.shape[0])
+        if rows is None:
+            return
+        positions = self.positions_for(rows)
+        if not any(pos is not None for row in positions for pos in row):
+            return
+        params.text_cond = self.model.fuse(text_cond, self.subjects, positions)
+        self.augmented_calls += 1
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        clear_cond_caches(self.p)
+        self.records.clear()
+        self._keep.clear()
+        self._pending.clear()
+
+
+def clear_cond_caches(p) -> None:
+    """Empties the WebUI's cond caches (``cached_c``/``cached_hr_c``, shared by class): conds made while
+    markers are stripped must not be reused by a generation without FastComposer, and the other way round."""
+    seen = set()
+    holders = [p] + list(type(p).__mro__)
+    for name in ("cached_c", "cached_hr_c"):
+        for holder in holders:
+            cache = vars(holder).get(name) if hasattr(holder, "__dict__") else None
+            if isinstance(cache, list) and len(cache) == 2 and id(cache) not in seen:
+                seen.add(id(cache))
+                cache[0] = None
+                cache[1] = None
+
+
+def check_processing(p, values) -> None:
+    """Generation features FastComposer cannot follow: another model for the hires pass or a refiner."""
+    hr_ckpt = getattr(p, "hr_checkpoint_name", None)
+    if getattr(p, "enable_hr", False) and hr_ckpt and hr_ckpt != "Use same checkpoint":
+        raise FreeDiffError(f"{FEATURE}: a separate hires fix checkpoint ({hr_ckpt}) is not supported; use 'Use same checkpoint'")
+    refiner = getattr(p, "refiner_checkpoint", None)
+    switch_at = getattr(p, "refiner_switch_at", None)
+    if refiner and refiner != "None" and switch_at is not None and switch_at < 1:
+        raise FreeDiffError(f"{FEATURE}: the refiner ({refiner}) is not supported; turn it off")
+
+
+def prepare(p, values: dict) -> FastComposerSession:
+    """All checks, the model and the subject embeddings; raises before any sampling."""
+    images = list(values["images"])
+    if not images:
+        raise ParamError(FEATURE, "images", f"give 1 to {MAX_IMAGES} subject images (one per marked noun)")
+    name, path = resolve_model(values["model"])
+    sd_model = shared.sd_model
+    check_sd_model(sd_model)
+    check_processing(p, values)
+    check_prompts(p, len(images), values["hires"])
+    try:
+        model = CACHE.get(path)
+        width = context_dim(unet_of(sd_model))
+        if width is not None and width != model.embed_dim:
+            raise ParamError(FEATURE, "model", f"{name}: its post-fuse width is {model.embed_dim} but the loaded "
+                                               f"checkpoint's text width is {width}")
+        subjects = CACHE.subject_embeddings(path, images, device=devices.device, dtype=devices.dtype)
+        digest = file_hash(path, name)
+    except ModelFileError as e:
+        raise ParamError(FEATURE, "model", str(e)) from None
+    if not has_fastcomposer_unet(sd_model, path):
+        warning = (f"{FEATURE}: the loaded model ({model_title(sd_model)}) is not FastComposer's U-Net; the subjects "
+                   "will not look right (panel: 'Create WebUI checkpoint', then load that checkpoint)")
+        print(f"[sd-webui-freediff] {warning}")
+        comments = getattr(p, "comments", None)
+        if isinstance(comments, dict):
+            comments[warning] = 1
+    values = {**values, "model": name}
+    p.extra_generation_params[INFOTEXT_KEY] = infotext_value(values, digest, [image_hash(im) for im in images])
+    return FastComposerSession(p, values, model, subjects)  # attaches the hooks: last, once all checks passed
+
+
+def process(p, args) -> None:
+    values = values_for(p, args)
+    if values is None:
+        return
+    try:
+        session = prepare(p, values)
+    except FreeDiffError:
+        raise
+    except Exception as e:  # e.g. out of memory while encoding: refuse rather than sample with the markers
+        traceback.print_exc()
+        raise FreeDiffError(f"{FEATURE}: could not prepare the subjects: {type(e).__name__}: {e}") from e
+    runtime.start(FEATURE, p, session)
+
+
+def before_hr(p) -> None:
+    runtime.call(FEATURE, "enter_hires")
+
+
+def postprocess(p) -> None:
+    runtime.end(FEATURE)
