@@ -8,22 +8,27 @@ The release is one flat state dict of the whole training model (diffusers / tran
     postfuse_module.{mlp1,mlp2,layer_norm}.*                        }
     unet.*  text_encoder.*  vae.*     SD1.5 parts (see convert.py: written as a WebUI checkpoint)
 
-Pickles are read with ``torch.load(weights_only=True)`` only (a pickle that names any other object is
-refused and nothing in it runs), memory-mapped where the file format allows it; safetensors files are
-read key by key. Every problem with a file raises ``ModelFileError`` naming the file and the problem.
+Pickles are read with torch's own weights-only unpickler only (``torch.serialization.load(weights_only=True)``:
+a pickle that names any other object is refused and nothing in it runs), memory-mapped where the file
+format allows it; safetensors files are read key by key. Every problem with a file raises
+``ModelFileError`` naming the file and the problem (truncated, not a checkpoint, objects other than
+tensors, wrong layout).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
 import pickle
 import re
+import struct
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -68,7 +73,7 @@ class CheckpointReader:
             raise ModelFileError(self.path, "file not found" if not os.path.exists(self.path) else "not a file")
         if os.path.getsize(self.path) == 0:
             raise ModelFileError(self.path, "the file is empty")
-        if self.path.lower().endswith(_SAFETENSORS_EXT):
+        if self.path.lower().endswith(_SAFETENSORS_EXT) or _file_format(self.path) == "safetensors":
             self._open_safetensors()
         else:
             self._open_pickle()
@@ -160,40 +165,86 @@ class CheckpointReader:
         self.close()
 
 
-def _torch_load_weights_only(path: str):
-    def load(mmap: bool):
-        kw = dict(map_location="cpu", weights_only=True)
-        if mmap:
-            kw["mmap"] = True
-        return torch.load(path, **kw)
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch.save's legacy (non-zip) format opens with its pickled magic number 0x1950a86a20f9469cfc6c
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_SNIFF_BYTES = 512
+_TRUNCATED = "truncated: the file ends before its data (an interrupted download or copy?)"
 
+
+def _file_format(path: str) -> str:
+    """"zip" (torch.save), "legacy" (torch.save's old format), "safetensors", or why it is not a checkpoint."""
     try:
-        try:
-            return load(mmap=True)
-        except TypeError:  # an older torch without mmap
-            return load(mmap=False)
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e):
-                raise
-            return load(mmap=False)  # legacy (non-zip) format, or not a torch file at all
-    except ModelFileError:
-        raise
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise ModelFileError(path, f"cannot be read: {e.strerror or e}") from None
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return "legacy"
+    if len(head) > 9 and head[8:10] == b'{"' and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path):
+        return "safetensors"
+    if head[:1] == b"\x80":  # the PROTO opcode of a pickle
+        return "a pickle not written by torch.save, not a PyTorch checkpoint"
+    text = head.lstrip().lower()
+    if text.startswith(b"version https://git-lfs"):
+        return ("a Git LFS pointer (a small text file standing for the real one), not the checkpoint: "
+                "download the file itself")
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML page, not a checkpoint (a failed download?)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of what was read
+            return f"neither a zip archive (torch.save) nor a pickle: not a PyTorch checkpoint (it begins {head[:8].hex(' ')})"
+    return "a text file, not a PyTorch checkpoint"
+
+
+def _check_torch_zip(path: str) -> None:
+    """What is wrong with a zip that cannot be torch.save's: cut short, or another kind of zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        raise ModelFileError(path, "truncated or corrupt: the directory at the end of its zip archive is missing, "
+                                   "so the file was probably cut short (an interrupted download or copy?)") from None
+    if not any(n.endswith("/data.pkl") for n in names):
+        raise ModelFileError(path, "a zip archive but not a PyTorch checkpoint (no data.pkl inside: not written by torch.save)")
+
+
+def _torch_load_weights_only(path: str):
+    """The object a torch.save file holds, read by torch's own weights-only unpickler.
+
+    ``torch.serialization.load``, not ``torch.load``: the WebUI replaces ``torch.load`` with its own checker,
+    which returns None for the zip entries a recent torch writes (``.format_version``, ...)."""
+    fmt = _file_format(path)
+    if fmt not in ("zip", "legacy"):
+        raise ModelFileError(path, fmt)
+    if fmt == "zip":
+        _check_torch_zip(path)
+    kw = dict(map_location="cpu", weights_only=True)
+    if fmt == "zip" and "mmap" in inspect.signature(torch.serialization.load).parameters:
+        kw["mmap"] = True
+    try:
+        return torch.serialization.load(path, **kw)
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = re.search(r"unsupported GLOBAL (\S+)", msg, re.I) or re.search(r"GLOBAL (\S+)", msg)
         if m:
-            raise ModelFileError(path, f"refused: the pickle references {m.group(1)}; only tensors are allowed "
-                                       "(the file was read with torch.load(weights_only=True))") from None
+            raise ModelFileError(path, f"refused: the pickle holds objects other than tensors (it references "
+                                       f"{m.group(1)}); only tensors are allowed (read with weights_only=True)") from None
         detail = _weights_only_detail(msg)
-        raise ModelFileError(path, "not a PyTorch checkpoint (corrupt, truncated, or holding objects other than "
-                                   f"tensors; read with weights_only=True){': ' + detail if detail else ''}") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError,
-            UnicodeDecodeError, ImportError, MemoryError) as e:
+        raise ModelFileError(path, "corrupt, or holds objects other than tensors: the weights-only reader "
+                                   f"refused it{': ' + detail if detail else ''}") from None
+    except (EOFError, struct.error):
+        raise ModelFileError(path, _TRUNCATED) from None
+    except (RuntimeError, ValueError, OSError, AttributeError, IndexError, KeyError, UnicodeDecodeError,
+            ImportError, MemoryError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        first = first.split(". ")[0]
-        if "central directory" in first or "zip archive" in first:
-            raise ModelFileError(path, f"the file is truncated or corrupt (unreadable zip archive): {first[:200]}") from None
-        raise ModelFileError(path, f"not a readable PyTorch checkpoint (truncated or corrupt?): {first[:200]}") from None
+        if "unexpected EOF" in first:
+            raise ModelFileError(path, _TRUNCATED) from None
+        raise ModelFileError(path, f"corrupt: torch cannot read it ({type(e).__name__}: {first.split('. ')[0][:200]})") from None
 
 
 def _weights_only_detail(msg: str) -> str:

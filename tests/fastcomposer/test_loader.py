@@ -46,15 +46,69 @@ def test_safetensors_copy_holds_every_key_but_position_ids(release):
 
 def test_bin_is_read_with_weights_only(release, monkeypatch):
     seen = []
-    real = torch.load
+    real = torch.serialization.load
 
     def spy(*a, **kw):
         seen.append(kw.get("weights_only"))
         return real(*a, **kw)
 
-    monkeypatch.setattr(torch, "load", spy)
+    monkeypatch.setattr(torch.serialization, "load", spy)
     load_fastcomposer(release.bin_path)
     assert seen and all(w is True for w in seen)
+
+
+def test_bin_loads_while_the_webui_replaces_torch_load(release, tmp_path, monkeypatch):
+    """The WebUI's safe unpickler (modules/safe.py) takes torch.load's place and answers None for the zip
+    entries a recent torch writes; the loader must not go through it."""
+    path = tmp_path / "recent.bin"
+    torch.save(dict(release.state_dict), path)  # written by the torch under test
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: None)
+    _same_weights(load_fastcomposer(path), load_fastcomposer(release.st_path))
+
+
+def _zip_without_data_pkl(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "not a checkpoint")
+
+
+@pytest.mark.parametrize("write,message", [
+    (lambda p, sd: p.write_bytes(_saved(sd)[: len(_saved(sd)) // 3]), "truncated or corrupt: the directory at the end of its zip"),
+    (lambda p, sd: p.write_bytes(_saved(sd, legacy=True)[:5000]), "truncated: the file ends before its data"),
+    (lambda p, sd: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4520000000\n"),
+     "a Git LFS pointer"),
+    (lambda p, sd: p.write_text("<!DOCTYPE html><html><body>404</body></html>"), "an HTML page, not a checkpoint"),
+    (lambda p, sd: p.write_text("weights go here\n"), "a text file, not a PyTorch checkpoint"),
+    (lambda p, sd: p.write_bytes(b"\x00\xff" * 300), "neither a zip archive (torch.save) nor a pickle"),
+    (lambda p, sd: _zip_without_data_pkl(p), "a zip archive but not a PyTorch checkpoint (no data.pkl"),
+    (lambda p, sd: p.write_bytes(pickle.dumps({k: v.float().numpy() for k, v in sd.items()})), "a pickle not written by torch.save"),
+    (lambda p, sd: torch.save({"weights": [v for v in sd.values()]}, p), "entry 'weights' is a list, not a tensor"),
+    (lambda p, sd: torch.save({k: v.float().numpy() for k, v in sd.items()}, p), "refused: the pickle holds objects other than tensors"),
+])
+def test_unreadable_bin_says_what_is_wrong(release, tmp_path, write, message):
+    path = tmp_path / "pytorch_model.bin"
+    write(path, release.state_dict)
+    with pytest.raises(ModelFileError) as e:
+        load_fastcomposer(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+
+
+def _saved(sd, legacy=False) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(dict(sd), buf, _use_new_zipfile_serialization=not legacy)
+    return buf.getvalue()
+
+
+def test_legacy_format_and_safetensors_content_under_a_bin_name(release, tmp_path):
+    legacy = tmp_path / "legacy.bin"
+    legacy.write_bytes(_saved(release.state_dict, legacy=True))
+    _same_weights(load_fastcomposer(legacy), load_fastcomposer(release.st_path))
+    renamed = tmp_path / "renamed.bin"
+    renamed.write_bytes(open(release.st_path, "rb").read())
+    _same_weights(load_fastcomposer(renamed), load_fastcomposer(release.st_path))
 
 
 def test_missing_file(tmp_path):
@@ -123,7 +177,8 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, zipfmt):
     with pytest.raises(ModelFileError) as e:
         load_fastcomposer(p)
     assert not marker.exists()
-    assert "evil.bin" in str(e.value) and "weights_only" in str(e.value)
+    # a torch.save file goes to the weights-only unpickler; a bare pickle is refused unread
+    assert "evil.bin" in str(e.value) and ("weights_only" if zipfmt else "not written by torch.save") in str(e.value)
 
 
 def test_missing_keys(tmp_path, release):
