@@ -31,4 +31,5 @@ class ModelFileError(FreeDiffError):
 
     def __init__(self, path, message: str):
         self.path = str(path)
+        self.reason = message
         super().__init__(f"{self.path}: {message}")

@@ -1,6 +1,7 @@
 """FastComposer through the HTTP API (alwayson_scripts, base64 subject images), the /freediff/v1 routes,
 and the XYZ plot axis."""
 
+import os
 import types
 from contextlib import closing
 from copy import copy
@@ -9,7 +10,7 @@ import pytest
 
 from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image
 from lib_freediff.webui import runtime
-from modules import processing, scripts, shared
+from modules import paths, processing, scripts, shared
 
 PROMPT = "a man img and a woman img at the beach"
 IMAGES = [b64_png(make_image(48, 64, seed=11)), "data:image/png;base64," + b64_png(make_image(64, 40, seed=12))]
@@ -80,6 +81,29 @@ def test_bad_values_name_the_field_and_break_nothing(client, args, field):
     assert not clip._forward_pre_hooks and not clip._forward_hooks
     ok = txt2img(client, None)
     assert ok.status_code == 200 and "FastComposer" not in infotexts_of(ok.json())[0]
+
+
+def test_model_refusals_name_the_folder_relative_to_the_webui(client, model_files, monkeypatch):
+    """API clients see models/fastcomposer, never the server's absolute paths."""
+    unknown = txt2img(client, [{"enabled": True, "images": IMAGES, "model": "nope.bin"}])
+    assert unknown.status_code == 422, unknown.text[-500:]
+    assert unknown.json()["errors"] == ("FastComposer: parameter 'model': 'nope.bin' is not a model in models/fastcomposer; "
+                                        "available: fastcomposer.safetensors, pytorch_model.bin")
+    broken = os.path.join(model_files, "zz-broken.bin")
+    with open(broken, "w") as f:
+        f.write("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4520000000\n")
+    try:
+        r = txt2img(client, [{"enabled": True, "images": IMAGES, "model": "zz-broken.bin"}])
+    finally:
+        os.remove(broken)
+    assert r.status_code == 422 and r.json()["body"] == {"feature": "FastComposer", "param": "model"}, r.text[-500:]
+    assert r.json()["errors"].startswith("FastComposer: parameter 'model': models/fastcomposer/zz-broken.bin: a Git LFS pointer")
+    monkeypatch.setattr(paths, "models_path", os.path.join(paths.data_path, "no-models"))
+    empty = txt2img(client, [{"enabled": True, "images": IMAGES}])
+    assert empty.status_code == 422
+    assert "parameter 'model': no FastComposer model in no-models/fastcomposer: put the release's" in empty.json()["errors"]
+    for answer in (unknown, r, empty):
+        assert paths.data_path not in answer.text and model_files not in answer.text
 
 
 def test_img2img_api(client):

@@ -1,6 +1,7 @@
 """The panel's controls and actions (model list, loaded-model check, conversion, free memory) and the
 conversion command; generating with the converted checkpoint's U-Net."""
 
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from safetensors import safe_open
 from harness import ROOT, WebUI, make_image
 from lib_freediff.fastcomposer.__main__ import checkpoint_name_for, main
 from lib_freediff.webui import fastcomposer as fc
-from modules import shared
+from modules import paths, shared
 from tests.fastcomposer import fixtures
 from tiny_sd import TinySD
 
@@ -82,6 +83,23 @@ def test_no_model_file_is_explained(model_files, monkeypatch, tmp_path):
     monkeypatch.setattr(fc.models, "models_dir", lambda: str(tmp_path / "empty"))
     assert fc.list_models() == [] and fc.default_model_choice() == ""
     assert "no FastComposer model in" in fc.model_status("")
+
+
+def test_panel_messages_name_model_files_relative_to_the_webui(model_files, checkpoint_dir, monkeypatch):
+    broken = os.path.join(model_files, "zz-broken.bin")
+    with open(broken, "wb") as f:
+        f.write(b"<html><body>Too many requests</body></html>")
+    try:
+        status = fc.model_status("zz-broken.bin")
+        converted = fc.convert_model("zz-broken.bin")
+    finally:
+        os.remove(broken)
+    assert status == "⚠️ models/fastcomposer/zz-broken.bin: an HTML page, not a checkpoint (a failed download?)"
+    assert converted == "**Error:** models/fastcomposer/zz-broken.bin: an HTML page, not a checkpoint (a failed download?)"
+    assert fc.model_status("missing.bin").startswith("⚠️ 'missing.bin' is not a model in models/fastcomposer; available: ")
+    # a --models-dir outside the WebUI's folder is named as such, never by its absolute path
+    monkeypatch.setattr(paths, "models_path", os.path.join(os.path.dirname(paths.data_path), "elsewhere"))
+    assert "no FastComposer model in <models-dir>/fastcomposer: " in fc.model_status("")
 
 
 def test_command_line_conversion(release, tmp_path, capsys):

@@ -8,7 +8,7 @@ from typing import Optional
 
 from modules import devices, paths, shared
 
-from lib_freediff.errors import FreeDiffError, ParamError
+from lib_freediff.errors import FreeDiffError, ModelFileError, ParamError
 from lib_freediff.fastcomposer.convert import is_fastcomposer_unet
 from lib_freediff.fastcomposer.loader import FastComposerCache, model_hash
 from lib_freediff.fastcomposer.model import FEATURE
@@ -22,6 +22,31 @@ CACHE = FastComposerCache()
 
 def models_dir() -> str:
     return os.path.join(paths.models_path, MODELS_SUBDIR)
+
+
+def display_path(path: str) -> str:
+    """``path`` as users know it, never the server's layout: relative to the WebUI's data folder
+    (``models/fastcomposer/x.bin``), or to a ``--models-dir`` outside it (``<models-dir>/fastcomposer/x.bin``)."""
+    for root, prefix in ((paths.data_path, ""), (paths.models_path, "<models-dir>/")):
+        try:
+            rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        except ValueError:  # another drive (Windows)
+            continue
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return prefix + rel.replace(os.sep, "/")
+    return os.path.basename(path)
+
+
+def model_label(name: str) -> str:
+    """A model file of the folder as users know it: ``models/fastcomposer/<name>``."""
+    return f"{display_path(models_dir())}/{name}"
+
+
+def model_file_message(error: FreeDiffError, name: str, path: str) -> str:
+    """``error``'s message with the model file ``name`` (at ``path``) named by ``model_label``."""
+    if not isinstance(error, ModelFileError) or os.path.realpath(error.path) != os.path.realpath(path):
+        return str(error)
+    return f"{model_label(name)}: {error.reason.replace(error.path, model_label(name))}"
 
 
 def list_models() -> list[str]:
@@ -40,7 +65,7 @@ def resolve_model(name: str) -> tuple[str, str]:
     """(name, absolute path) of a model file; '' means the first one. Only files of the folder count."""
     names = list_models()
     if not names:
-        raise ParamError(FEATURE, "model", f"no FastComposer model in {models_dir()}: put the release's "
+        raise ParamError(FEATURE, "model", f"no FastComposer model in {display_path(models_dir())}: put the release's "
                                            "pytorch_model.bin (or a .safetensors copy) there")
     name = (name or "").strip()
     if not name:
@@ -48,7 +73,8 @@ def resolve_model(name: str) -> tuple[str, str]:
     if name not in names:
         matches = [n for n in names if os.path.basename(n) == name or os.path.splitext(os.path.basename(n))[0] == name]
         if len(matches) != 1:
-            raise ParamError(FEATURE, "model", f"{name!r} is not a model in {models_dir()}; available: {', '.join(names)}")
+            raise ParamError(FEATURE, "model", f"{name!r} is not a model in {display_path(models_dir())}; "
+                                               f"available: {', '.join(names)}")
         name = matches[0]
     return name, os.path.join(models_dir(), *name.split("/"))
 
@@ -138,7 +164,7 @@ def model_status(name: str | None = None) -> str:
     try:
         ok = is_fastcomposer_unet(unet_of(sd_model), path)
     except FreeDiffError as e:
-        return f"⚠️ {e}"
+        return f"⚠️ {model_file_message(e, mname, path)}"
     if ok:
         return f"✅ The loaded WebUI model ({model_title(sd_model)}) has FastComposer's U-Net ({mname})."
     return (f"⚠️ The loaded WebUI model ({model_title(sd_model)}) is **not** FastComposer's U-Net: subjects will "
@@ -158,13 +184,16 @@ def convert_model(name: str | None = None) -> str:
 
     try:
         mname, path = resolve_model(name or "")
-        out = os.path.join(checkpoints_dir(), _checkpoint_name(mname))
-        if os.path.exists(out):
-            return (f"`{out}` exists already: select `{os.path.splitext(os.path.basename(out))[0]}` in the Stable "
-                    "Diffusion checkpoint dropdown (delete the file to write it again).")
-        write_webui_checkpoint(path, out)
     except FreeDiffError as e:
         return f"**Error:** {e}"
+    out = os.path.join(checkpoints_dir(), _checkpoint_name(mname))
+    if os.path.exists(out):
+        return (f"`{out}` exists already: select `{os.path.splitext(os.path.basename(out))[0]}` in the Stable "
+                "Diffusion checkpoint dropdown (delete the file to write it again).")
+    try:
+        write_webui_checkpoint(path, out)
+    except FreeDiffError as e:
+        return f"**Error:** {model_file_message(e, mname, path)}"
     try:  # let the WebUI's checkpoint list see the new file
         from modules import sd_models
 

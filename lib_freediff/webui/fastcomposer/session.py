@@ -40,7 +40,7 @@ from lib_freediff.unet_info import context_dim
 from lib_freediff.webui import runtime
 from lib_freediff.webui.fastcomposer.layout import Layout, check_prompts, text_layout
 from lib_freediff.webui.fastcomposer.models import (CACHE, check_sd_model, file_hash, has_fastcomposer_unet,
-                                                    model_title, resolve_model, unet_of)
+                                                    model_file_message, model_title, resolve_model, unet_of)
 from lib_freediff.webui.overrides import values_with_overrides
 
 
@@ -245,7 +245,7 @@ def prepare(p, values: dict) -> FastComposerSession:
         subjects = CACHE.subject_embeddings(path, images, device=devices.device, dtype=devices.dtype)
         digest = file_hash(path, name)
     except ModelFileError as e:
-        raise ParamError(FEATURE, "model", str(e)) from None
+        raise ParamError(FEATURE, "model", model_file_message(e, name, path)) from None
     if not has_fastcomposer_unet(sd_model, path):
         warning = (f"{FEATURE}: the loaded model ({model_title(sd_model)}) is not FastComposer's U-Net; the subjects "
                    "will not look right (panel: 'Create WebUI checkpoint', then load that checkpoint)")
