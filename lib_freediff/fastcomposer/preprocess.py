@@ -98,14 +98,19 @@ def decode_image_b64(s: str, index: Optional[int] = None, param: str = "images")
             raise ParamError(FEATURE, param, f"{which}: not valid base64") from None
     try:
         im = Image.open(io.BytesIO(raw))
-        fmt = im.format
-        im.load()
     except Image.DecompressionBombError:
         raise ParamError(FEATURE, param, f"{which}: the image is too large") from None
     except Exception:
         raise ParamError(FEATURE, param, f"{which}: not a PNG or JPEG image") from None
+    fmt = im.format
     if fmt not in ("PNG", "JPEG", "WEBP"):
         raise ParamError(FEATURE, param, f"{which}: unsupported format {fmt} (use PNG or JPEG)")
+    try:
+        im.load()
+    except Image.DecompressionBombError:
+        raise ParamError(FEATURE, param, f"{which}: the image is too large") from None
+    except Exception:
+        raise ParamError(FEATURE, param, f"{which}: the {fmt} data is truncated or corrupt") from None
     return im
 
 

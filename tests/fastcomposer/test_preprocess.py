@@ -111,6 +111,8 @@ def test_decode_b64_raw_and_data_url(fmt):
     ("data:image/png,abc", "base64"),
     ("", "empty"),
     (_b64(Image.new("RGB", (4, 4)), "GIF"), "unsupported format"),
+    (base64.b64encode(base64.b64decode(_b64(Image.effect_noise((64, 64), 40).convert("RGB"), "PNG"))[:300]).decode(),
+     "the PNG data is truncated or corrupt"),
     (123, "string"),
 ])
 def test_decode_b64_garbage_names_images(value, what):

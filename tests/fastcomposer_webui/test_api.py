@@ -1,16 +1,20 @@
 """FastComposer through the HTTP API (alwayson_scripts, base64 subject images), the /freediff/v1 routes,
 and the XYZ plot axis."""
 
+import base64
 import os
 import types
 from contextlib import closing
 from copy import copy
 
 import pytest
+import torch
 
 from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image
 from lib_freediff.webui import runtime
 from modules import paths, processing, scripts, shared
+from modules.sd_hijack_clip import Embedding, EmbeddingDatabase
+from tiny_sd import TinySD
 
 PROMPT = "a man img and a woman img at the beach"
 IMAGES = [b64_png(make_image(48, 64, seed=11)), "data:image/png;base64," + b64_png(make_image(64, 40, seed=12))]
@@ -59,6 +63,8 @@ def test_disabled_via_api_adds_nothing(client):
 
 @pytest.mark.parametrize("args,field", [
     ([{"enabled": True, "images": ["not base64 !!"]}], "images"),
+    ([{"enabled": True, "images": [base64.b64encode(b"a text, not an image").decode(), IMAGES[1]]}], "images"),
+    ([{"enabled": True, "images": [IMAGES[0], base64.b64encode(base64.b64decode(IMAGES[0])[:400]).decode()]}], "images"),
     ([{"enabled": True, "images": [b64_png(make_image()).replace("i", "I")[:200]]}], "images"),
     ([{"enabled": True, "images": "x" * 10}], "images"),
     ([{"enabled": True, "images": {"a": 1}}], "images"),
@@ -76,11 +82,48 @@ def test_bad_values_name_the_field_and_break_nothing(client, args, field):
     r = txt2img(client, args)
     assert r.status_code == 422, r.text[-500:]
     assert f"parameter '{field}'" in r.json()["errors"]
+    assert r.json()["body"] == {"feature": "FastComposer", "param": field}
     assert not runtime._sessions
     clip = shared.sd_model.cond_stage_model
     assert not clip._forward_pre_hooks and not clip._forward_hooks
     ok = txt2img(client, None)
     assert ok.status_code == 200 and "FastComposer" not in infotexts_of(ok.json())[0]
+
+
+def _assert_refused(r, message, field):
+    assert r.status_code == 422, r.text[-500:]
+    assert message in r.json()["errors"], r.json()["errors"]
+    assert r.json()["body"] == ({"feature": "FastComposer", "param": field} if field else {"feature": "FastComposer"})
+    assert not runtime._sessions
+
+
+def test_refusals_before_and_during_the_generation_are_422(client, monkeypatch):
+    """Refused in the script's process (prompt, loaded model), in the text encoder's hook (the prompt's layout)
+    and in the CFG denoiser callback (the fusion): each a 422 naming the feature and, where there is one, the field."""
+    on = [{"enabled": True, "images": IMAGES[:1]}]
+    _assert_refused(txt2img(client, on, prompt="a man img img"), "parameter 'prompt': the subject marker 'img'", "prompt")
+    sd1 = shared.sd_model
+    monkeypatch.setattr(shared, "sd_model", TinySD("sdxl", context_dim=64))
+    _assert_refused(txt2img(client, on, prompt="a man img"), "parameter 'model': FastComposer's model needs an SD1.5 model", "model")
+    monkeypatch.setattr(shared, "sd_model", sd1)
+    # a textual-inversion embedding of no vectors swallows its marked name: found while the WebUI encodes the prompt
+    clip = sd1.cond_stage_model
+    db = EmbeddingDatabase()
+    db.register_embedding(Embedding(torch.zeros(0, 32), "zqxnothing"), clip)
+    monkeypatch.setattr(clip.hijack, "embedding_db", db)
+    _assert_refused(txt2img(client, on, prompt="a photo of zqxnothing img"), "parameter 'prompt': could not place marked word", "prompt")
+    monkeypatch.undo()
+    from lib_freediff.fastcomposer.model import FastComposerModel
+
+    def out_of_memory(self, *args):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(FastComposerModel, "fuse", out_of_memory)
+    _assert_refused(txt2img(client, [{"enabled": True, "images": IMAGES, "alpha": 1.0}]),
+                    "FastComposer: could not fuse the subjects: RuntimeError: CUDA out of memory (simulated)", None)
+    monkeypatch.undo()
+    ok = txt2img(client, [{"enabled": True, "images": IMAGES}])
+    assert ok.status_code == 200 and "subjects=2" in infotexts_of(ok.json())[0]
 
 
 def test_model_refusals_name_the_folder_relative_to_the_webui(client, model_files, monkeypatch):

@@ -92,12 +92,12 @@ def text_layout(cond_model, text: str) -> Layout:
     stride = chunk_length + 2
     if len(chunks) != n_chunks:
         raise FreeDiffError(f"{FEATURE}: the prompt {clean!r} splits into {len(chunks)} chunks in the WebUI but {n_chunks} "
-                            "in FastComposer's layout; please report this prompt")
+                            "in FastComposer's layout; please report this prompt", feature=FEATURE)
     for noun, pos in zip(markers.nouns, positions):
         c, t = divmod(pos, stride)
         token = chunks[c].tokens[t]
         ids = tokenize(noun)
         if token != 0 and (not ids or token != ids[-1]):  # 0: a textual-inversion vector
             raise FreeDiffError(f"{FEATURE}: could not locate the marked word {noun!r} in the WebUI's tokens of "
-                                f"{clean!r}; please report this prompt")
+                                f"{clean!r}; please report this prompt", feature=FEATURE)
     return Layout(clean, list(positions), markers.nouns)

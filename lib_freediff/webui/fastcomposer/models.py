@@ -124,17 +124,21 @@ def model_title(sd_model) -> str:
 def check_sd_model(sd_model) -> None:
     """Refuses anything but an SD1.x model with the WebUI's CLIP text conditioning."""
     if sd_model is None:
-        raise FreeDiffError(f"{FEATURE}: no Stable Diffusion model is loaded")
+        raise FreeDiffError(f"{FEATURE}: no Stable Diffusion model is loaded", feature=FEATURE)
+    # FastComposer's model (SD1.5) cannot serve the loaded checkpoint: the `model` field is the one at odds
     family = loaded_family(sd_model)
     if family != "SD1":
-        raise FreeDiffError(f"{FEATURE} needs an SD1.5 model; {model_title(sd_model)} is {family}. Load the "
-                            "FastComposer checkpoint (panel: 'Create WebUI checkpoint') or another SD1.5 model.")
+        raise ParamError(FEATURE, "model", f"FastComposer's model needs an SD1.5 model loaded; the loaded checkpoint "
+                                           f"({model_title(sd_model)}) is {family}. Load the FastComposer checkpoint "
+                                           "(panel: 'Create WebUI checkpoint') or another SD1.5 model.")
     cond = getattr(sd_model, "cond_stage_model", None)
     if not all(hasattr(cond, a) for a in ("tokenize", "tokenize_line", "register_forward_pre_hook")):
-        raise FreeDiffError(f"{FEATURE} needs the WebUI's CLIP text conditioning (FrozenCLIPEmbedderWithCustomWords); "
-                            f"this model's text encoder is {type(cond).__name__}")
+        raise ParamError(FEATURE, "model", "FastComposer's model needs the WebUI's CLIP text conditioning "
+                                           "(FrozenCLIPEmbedderWithCustomWords); the loaded checkpoint's text encoder "
+                                           f"is {type(cond).__name__}")
     if getattr(shared.opts, "use_old_emphasis_implementation", False):
-        raise FreeDiffError(f"{FEATURE} does not work with the setting 'Use old emphasis implementation'; turn it off")
+        raise FreeDiffError(f"{FEATURE} does not work with the setting 'Use old emphasis implementation'; turn it off",
+                            feature=FEATURE)
 
 
 def has_fastcomposer_unet(sd_model, path: str) -> bool:

@@ -86,6 +86,7 @@ class FastComposerSession:
         self._pending: list = []
         self.in_hires = False
         self.augmented_calls = 0
+        self.refused = False
         self._warned = False
         self._handles = [self.cond_model.register_forward_pre_hook(self._before_encode),
                          self.cond_model.register_forward_hook(self._after_encode)]
@@ -105,7 +106,10 @@ class FastComposerSession:
                 or not all(isinstance(t, str) for t in texts)):
             self._pending.append(None)
             return None
-        layouts = [self.layout_of(t) for t in texts]
+        try:
+            layouts = [self.layout_of(t) for t in texts]
+        except FreeDiffError as e:  # raised inside the WebUI's conditioning: a 4xx for API clients
+            raise runtime.http_error(e) from None
         self._pending.append(layouts)
         clean = [layout.clean for layout in layouts]
         if clean == list(texts):
@@ -172,6 +176,23 @@ class FastComposerSession:
         return out
 
     def on_cfg_denoiser(self, params) -> None:
+        """Swaps in the subject-augmented rows. The WebUI only prints what a CFG callback raises, so a failure
+        here refuses the generation through the runtime's gate (it raises at the U-Net call that follows)."""
+        if self.refused:
+            return
+        try:
+            self._augment(params)
+        except FreeDiffError as e:
+            self._refuse(e)
+        except Exception as e:  # e.g. out of memory: refuse rather than sample without the subjects
+            traceback.print_exc()
+            self._refuse(FreeDiffError(f"{FEATURE}: could not fuse the subjects: {type(e).__name__}: {e}", feature=FEATURE))
+
+    def _refuse(self, error: FreeDiffError) -> None:
+        self.refused = True
+        runtime.refuse(FEATURE, self.p, error)
+
+    def _augment(self, params) -> None:
         denoiser = params.denoiser
         if denoiser is None or not self._pass_enabled(denoiser):
             return
@@ -219,11 +240,12 @@ def check_processing(p, values) -> None:
     """Generation features FastComposer cannot follow: another model for the hires pass or a refiner."""
     hr_ckpt = getattr(p, "hr_checkpoint_name", None)
     if getattr(p, "enable_hr", False) and hr_ckpt and hr_ckpt != "Use same checkpoint":
-        raise FreeDiffError(f"{FEATURE}: a separate hires fix checkpoint ({hr_ckpt}) is not supported; use 'Use same checkpoint'")
+        raise FreeDiffError(f"{FEATURE}: a separate hires fix checkpoint ({hr_ckpt}) is not supported; use 'Use same checkpoint'",
+                            feature=FEATURE)
     refiner = getattr(p, "refiner_checkpoint", None)
     switch_at = getattr(p, "refiner_switch_at", None)
     if refiner and refiner != "None" and switch_at is not None and switch_at < 1:
-        raise FreeDiffError(f"{FEATURE}: the refiner ({refiner}) is not supported; turn it off")
+        raise FreeDiffError(f"{FEATURE}: the refiner ({refiner}) is not supported; turn it off", feature=FEATURE)
 
 
 def prepare(p, values: dict) -> FastComposerSession:
@@ -268,7 +290,7 @@ def process(p, args) -> None:
         raise
     except Exception as e:  # e.g. out of memory while encoding: refuse rather than sample with the markers
         traceback.print_exc()
-        raise FreeDiffError(f"{FEATURE}: could not prepare the subjects: {type(e).__name__}: {e}") from e
+        raise FreeDiffError(f"{FEATURE}: could not prepare the subjects: {type(e).__name__}: {e}", feature=FEATURE) from e
     runtime.start(FEATURE, p, session)
 
 
