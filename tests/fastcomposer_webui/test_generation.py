@@ -11,6 +11,8 @@ from lib_freediff.webui import runtime
 from modules import infotext_utils, shared
 from modules.sd_hijack_clip import Embedding, EmbeddingDatabase
 
+from .conftest import controlnet_marking
+
 FC = "FastComposer"
 PROMPT = "a man img and a woman img at the beach"
 CLEAN = "a man and a woman at the beach"
@@ -116,6 +118,28 @@ def test_img2img_counts_the_steps_it_runs(webui):
     _, plain = run_with_contexts(lambda: webui.img2img(fc_args(alpha=0.0), **kwargs))
     assert [not torch.equal(a, b) for a, b in zip(aug, plain)] == [False, False] + [True] * 5
     assert "FastComposer: " in res.infotexts[0]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prompt": PROMPT, "negative_prompt": "blurry, lowres"},
+    {"prompt": PROMPT, "sampler_name": "Heun", "batch_size": 2},
+    {"prompt": PROMPT, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2},
+    {"prompt": "a (man img:1.2) standing, " + ", ".join(["red brick wall"] * 22) + ", and (a woman img:1.3) at the beach"},
+])
+def test_beside_controlnet_marked_conds(webui, bare, kwargs):
+    """sd-webui-controlnet prepends a ±1024 token to every cond: the marked nouns are fused as without it."""
+    clean = kwargs["prompt"].replace(" img", "")
+    kwargs = {"steps": 3, **kwargs}
+    unet = shared.sd_model.model.diffusion_model
+    plain, plain_ctx = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), **kwargs))
+    with controlnet_marking(unet) as seen:
+        marked, marked_ctx = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), **kwargs))
+    assert seen and all(c.shape[1] % 77 == 1 and bool(c[:, 0].abs().eq(1024).all()) for c in seen)
+    assert len(marked_ctx) == len(plain_ctx) and all(torch.equal(a, b) for a, b in zip(marked_ctx, plain_ctx))
+    assert same_images(plain, marked)
+    # alpha 0 under the same marking: the WebUI's own image for the prompt without markers
+    with controlnet_marking(unet):
+        assert same_images(bare.txt2img(**{**kwargs, "prompt": clean}), webui.txt2img(fc_args(alpha=0.0), **kwargs))
 
 
 def test_long_emphasised_prompt_over_two_chunks(webui, bare):

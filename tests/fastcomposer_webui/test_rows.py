@@ -14,6 +14,8 @@ from lib_freediff.webui import fastcomposer as fc
 from modules import shared
 from modules.script_callbacks import CFGDenoiserParams
 
+from .conftest import controlnet_mark
+
 # the WebUI's prompt_parser structures (field names as in v1.10.1)
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
 
@@ -64,7 +66,9 @@ def denoiser_at(call, cond, steps=10):
                                  sampler=types.SimpleNamespace(sampler_extra_args={"cond": cond}))
 
 
-def test_and_parts_and_prompt_editing_rows(session):
+def and_parts_with_prompt_editing():
+    """The conds of two images, as the WebUI encodes them while the session's hooks are attached, and the
+    prompt-editing part's two variants."""
     clip = shared.sd_model.cond_stage_model
     # image 0: "a man img AND a tall [boy:woman:4] img"  (WebUI: one encode per AND part, texts = its variants)
     part_a = clip(SdConditioning(["a man img"]))
@@ -78,6 +82,12 @@ def test_and_parts_and_prompt_editing_rows(session):
         [ComposableScheduledPromptConditioning([ScheduledPromptConditioning(10, part_c[0])]),
          ComposableScheduledPromptConditioning([ScheduledPromptConditioning(10, part_d[0])])],
     ])
+    return cond, part_a, part_b
+
+
+def test_and_parts_and_prompt_editing_rows(session):
+    clip = shared.sd_model.cond_stage_model
+    cond, part_a, part_b = and_parts_with_prompt_editing()
     # the encoder saw the texts without markers
     assert torch.equal(part_a[0], clip(["a man"])[0]) and torch.equal(part_b[1], clip(["a tall woman"])[0])
     uncond = torch.randn(2, 77, 32)
@@ -99,6 +109,30 @@ def test_and_parts_and_prompt_editing_rows(session):
     params = CFGDenoiserParams(None, None, None, 0, 10, text_cond, uncond, denoiser_at(2, cond))
     session.on_cfg_denoiser(params)
     assert params.text_cond is text_cond
+
+
+def marked_like_controlnet(c):
+    """sd-webui-controlnet's marking of a positive MulticondLearnedConditioning: every schedule entry replaced by
+    one whose cond is a new tensor with the +1024 mark token first."""
+    for parts in c.batch:
+        for part in parts:
+            part.schedules = [ScheduledPromptConditioning(e.end_at_step, controlnet_mark(e.cond, True)) for e in part.schedules]
+    return c
+
+
+def test_controlnet_marked_rows_fuse_the_same_tokens(session):
+    plain, _a, _b = and_parts_with_prompt_editing()
+    marked = marked_like_controlnet(and_parts_with_prompt_editing()[0])
+    for call in (3, 8):  # both prompt-editing variants
+        expected = CFGDenoiserParams(None, None, None, 0, 10, reconstruct_multicond_batch(plain, call), None, denoiser_at(call, plain))
+        session.on_cfg_denoiser(expected)
+        text_cond = reconstruct_multicond_batch(marked, call)
+        assert text_cond.shape[1] == 78
+        params = CFGDenoiserParams(None, None, None, 0, 10, text_cond, None, denoiser_at(call, marked))
+        session.on_cfg_denoiser(params)
+        assert torch.equal(params.text_cond[:, 0], text_cond[:, 0])  # the mark stays
+        assert torch.equal(params.text_cond[:, 1:], expected.text_cond)
+        assert not torch.equal(expected.text_cond, reconstruct_multicond_batch(plain, call))
 
 
 def test_identical_and_parts_take_consecutive_subjects(session):

@@ -16,6 +16,9 @@ How it hooks in (one generation; everything is removed in postprocess or when ``
   stacks them (each image, each ``AND`` part, the prompt-editing entry active at this call); from the
   switch step on, ``params.text_cond`` is replaced by a copy in which only the marked positions hold
   ``postfuse(text, subject)``. ``params.text_uncond`` is never changed.
+- sd-webui-controlnet prepends a mark token (every value +1024 for a cond, -1024 for an uncond) to each cond
+  before sampling, as new tensors: such a row is matched by content to the encoder output behind the mark
+  (once per row) and its positions shift by one; ControlNet's U-Net forward takes the mark off again.
 
 Subjects are numbered in prompt order across ``AND`` parts: the k-th marker of a part takes image
 ``offset + k`` (``offset`` = markers in the parts before it). Prompt editing and alternation are
@@ -46,6 +49,14 @@ from lib_freediff.webui.overrides import values_with_overrides
 
 def _row_key(t: torch.Tensor):
     return (t.device.type, t.device.index, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+CONTROLNET_MARK = 1024.0  # sd-webui-controlnet's cond/uncond mark: a first token row of +1024 or -1024
+
+
+def is_controlnet_marked(row: torch.Tensor) -> bool:
+    """Whether a ``(T, C)`` cond row starts with sd-webui-controlnet's mark row (every value ±1024)."""
+    return row.ndim == 2 and row.shape[0] > 1 and bool(row[0].abs().eq(CONTROLNET_MARK).all())
 
 
 def _scheduled_entry(schedules, step: int):
@@ -82,7 +93,9 @@ class FastComposerSession:
         self.cond_model = shared.sd_model.cond_stage_model
         self.layouts: dict[str, Layout] = {}
         self.records: dict[tuple, Layout] = {}
-        self._keep: list[torch.Tensor] = []   # encoder outputs whose storage addresses are record keys
+        self._encoded: list[tuple[torch.Tensor, Layout]] = []
+        self._other_rows: dict[tuple, tuple] = {}  # rows the encoder did not make: (layout, shift), looked up once
+        self._keep: list[torch.Tensor] = []   # tensors whose storage addresses are keys above
         self._pending: list = []
         self.in_hires = False
         self.augmented_calls = 0
@@ -126,6 +139,7 @@ class FastComposerSession:
         self._keep.append(z)
         for i, layout in enumerate(layouts):
             self.records[_row_key(z[i])] = layout
+            self._encoded.append((z[i], layout))
         return None
 
     # -- sampling ---------------------------------------------------------------------------------------
@@ -137,8 +151,26 @@ class FastComposerSession:
         in_hires = self.in_hires or bool(getattr(getattr(denoiser, "p", None), "is_hr_pass", False))
         return not in_hires or self.values["hires"]
 
+    def row_layout(self, row: torch.Tensor):
+        """(layout or None, token shift) of one cond row: a row the text encoder made (shift 0), or a copy of one
+        behind sd-webui-controlnet's mark row, which it prepends to every cond before sampling (shift 1)."""
+        key = _row_key(row)
+        layout = self.records.get(key)
+        if layout is not None:
+            return layout, 0
+        found = self._other_rows.get(key)
+        if found is None:
+            found = (None, 0)
+            if is_controlnet_marked(row):
+                found = next(((layout, 1) for encoded, layout in self._encoded
+                              if encoded.shape == row[1:].shape and encoded.dtype == row.dtype
+                              and encoded.device == row.device and torch.equal(encoded, row[1:])), found)
+            self._keep.append(row)
+            self._other_rows[key] = found
+        return found
+
     def row_layouts(self, denoiser, n_rows: int):
-        """(layout or None, subject offset) for each row of ``text_cond``, in the CFG denoiser's order."""
+        """(layout or None, subject offset, token shift) for each row of ``text_cond``, in the CFG denoiser's order."""
         cond = (getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}).get("cond")
         if cond is None and hasattr(getattr(denoiser, "p", None), "get_conds"):
             cond = denoiser.p.get_conds()[0]
@@ -149,11 +181,13 @@ class FastComposerSession:
                 offset = 0
                 for part in parts:
                     entry = _scheduled_entry(part.schedules, denoiser.step)
-                    layout = self.records.get(_row_key(entry.cond)) if torch.is_tensor(entry.cond) else None
-                    rows.append((layout, offset))
+                    layout, shift = self.row_layout(entry.cond) if torch.is_tensor(entry.cond) else (None, 0)
+                    rows.append((layout, offset, shift))
                     offset += len(layout.positions) if layout is not None else 0
         elif torch.is_tensor(cond) and cond.ndim == 3:  # a plain (B, T, C) cond
-            rows = [(self.records.get(_row_key(cond[r])), 0) for r in range(cond.shape[0])]
+            for r in range(cond.shape[0]):
+                layout, shift = self.row_layout(cond[r])
+                rows.append((layout, 0, shift))
         else:
             return None
         if len(rows) != n_rows:
@@ -166,12 +200,12 @@ class FastComposerSession:
 
     def positions_for(self, rows) -> list:
         out = []
-        for layout, offset in rows:
+        for layout, offset, shift in rows:
             row = [None] * self.n_subjects
             if layout is not None:
                 for k, pos in enumerate(layout.positions):
                     if offset + k < self.n_subjects:
-                        row[offset + k] = pos
+                        row[offset + k] = pos + shift
             out.append(row)
         return out
 
@@ -218,6 +252,8 @@ class FastComposerSession:
         self._handles.clear()
         clear_cond_caches(self.p)
         self.records.clear()
+        self._encoded.clear()
+        self._other_rows.clear()
         self._keep.clear()
         self._pending.clear()
 
