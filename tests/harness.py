@@ -22,9 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT_FILES = ["freediff_freeu.py", "freediff_asd.py", "freediff_fastcomposer.py"]
 
 
+CONTROLNET_LIKE = os.path.join(ROOT, "tests", "webui_stub", "controlnet_like.py")
+
+
 def load_script_module(filename: str):
-    path = os.path.join(ROOT, "scripts", filename)
-    spec = importlib.util.spec_from_file_location(filename, path)
+    """A script file of ours by name, or another extension's by its path (the ControlNet stand-in is imported as
+    ``controlnet_like``, so that tests reach the same classes the WebUI's scripts are made of)."""
+    if filename == CONTROLNET_LIKE:
+        return importlib.import_module("controlnet_like")
+    path = filename if os.path.isabs(filename) else os.path.join(ROOT, "scripts", filename)
+    spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

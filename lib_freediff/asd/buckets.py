@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence, Tuple, Union
 
+from lib_freediff.asd.tiles import grid_plan
 from lib_freediff.errors import ParamError
 
 FEATURE = "Any-Size Diffusion"
@@ -244,8 +245,9 @@ class AnyPlan:
       between bucket and target; no stretching).
     * ``render``: the stage II size, the smallest multiples of 8 covering the target; ``latent`` is it / 8.
     * ``final_crop``: the centre crop of the stage II result to exactly ``final`` (at most 7 px per axis).
-    * ``tiles``: (cols, rows) of the fixed non-overlapping tile grid at ``tile_px``; FSTD uses at most
-      this many tiles per step.
+    * ``tiles``: (cols, rows) of the non-overlapping tile grid with tiles of at most ``tile_px`` (the layout
+      rules of :mod:`lib_freediff.asd.tiles`), ``tile_size`` their size in px; FSTD uses at most this many
+      tiles per step.
     """
 
     first_pass: Size
@@ -258,6 +260,7 @@ class AnyPlan:
     final: Size
     tile_px: int
     tiles: Tuple[int, int]
+    tile_size: Size
 
 
 def _centre_crop(src_w: int, src_h: int, w: int, h: int) -> Box:
@@ -296,8 +299,7 @@ def plan_any_size(
     render = Size(_ceil8(tw), _ceil8(th))
     s = max(render.w / first.w, render.h / first.h)
     up = Size(max(render.w, math.ceil(first.w * s - 1e-9)), max(render.h, math.ceil(first.h * s - 1e-9)))
-    cols = 1 if render.w <= tile_px else -(-render.w // tile_px)
-    rows = 1 if render.h <= tile_px else -(-render.h // tile_px)
+    grid = grid_plan(render.w // 8, render.h // 8, tile_px // 8)
     return AnyPlan(
         first_pass=first,
         upscale=s,
@@ -308,5 +310,6 @@ def plan_any_size(
         final_crop=_centre_crop(render.w, render.h, tw, th),
         final=Size(tw, th),
         tile_px=tile_px,
-        tiles=(cols, rows),
+        tiles=(grid.cols, grid.rows),
+        tile_size=Size(grid.tile_w * 8, grid.tile_h * 8),
     )

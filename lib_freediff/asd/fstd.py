@@ -4,17 +4,19 @@ averaging) and a fixed non-overlapping grid, for comparison.
 
 All sizes and coordinates in this module are latent pixels (1 latent px = 8 image px).
 
-Grid rules (shared by every mode):
+Grid rules (shared by every mode; the layout maths is in :mod:`lib_freediff.asd.tiles`):
 
-* Tiles are ``tile × tile`` (an axis shorter than ``tile`` gets one tile spanning it). Along an axis of
-  length ``L`` the tile origins are ``d, d + s, d + 2s, …`` (``s`` = stride, ``d`` = offset) until a tile
-  reaches the end; an origin past ``L − tile`` is clamped to ``L − tile`` (no wrap-around), so the last
-  tile may overlap its neighbour.
-* ``implicit``: ``s = tile``, ``d`` = the step's random offset; cells in ``[0, d)`` are not covered.
-  A shifted grid is laid from a corner that rotates with the step (top-left, bottom-right, top-right,
-  bottom-left; an axis laid from its far end mirrors the rule), so the uncovered strip moves round
-  the edges: every cell is denoised in at least about a quarter of the steps without reset steps.
-* ``explicit``: ``s = tile − overlap``, ``d = 0``.  ``none``: ``s = tile``, ``d = 0``.
+* Each axis gets the fewest tiles of one length no larger than ``tile`` that cover it (with ``overlap``
+  in explicit mode), so a step evaluates the latent area plus less than one cell per tile and axis:
+  ``n = ceil(L/T)`` tiles of ``ceil(L/n)`` along an axis of length ``L`` (non-overlapping modes). Tiles may
+  be non-square and need not be multiples of 8. Origins are clamped inside the latent (no wrap-around),
+  so the last tile may overlap its neighbour.
+* ``implicit``: non-overlapping tiles, the grid shifted by the step's random offset ``d`` (taken modulo the
+  tile length); cells in ``[0, d)`` are not covered. A shifted grid is laid from a corner that rotates with
+  the step (top-left, bottom-right, top-right, bottom-left; an axis laid from its far end mirrors the
+  rule), so the uncovered strip moves round the edges: every cell is denoised in at least about a
+  quarter of the steps without reset steps.
+* ``explicit``: tiles overlapping by ``overlap``, no offset.  ``none``: non-overlapping, no offset.
 
 Blending: explicit mode averages overlapping tiles with uniform weights. Implicit and none modes
 blend the (clamped or extra) overlaps with a separable Gaussian window per tile (σ = tile/4),
@@ -22,64 +24,30 @@ normalised where tiles meet; a cell covered by one tile gets exactly that tile's
 
 Carry-over (implicit mode): the output of call ``k`` of step ``i`` (its position among the model calls
 made since ``set_step(i)``) is kept, as x0, keyed by ``(k, x.shape)``; call ``k`` of step ``i+1`` with
-the same shape takes its uncovered cells from it. If no such prediction exists (first step, shape
-change, a step skipped), the grid gets extra tiles at origin 0 so every cell is denoised.
+the same shape takes its uncovered cells from it. At the first step of a run the x0 to carry is the
+pass's starting latent given to :meth:`TiledDenoiser.set_initial` (the upscaled latent of a hires pass,
+the init latent of img2img: the image being refined), each row of a call matched to the image it
+belongs to; so the first step costs what every other step costs. Where no prediction exists (no
+starting latent given, a shape change, a step skipped), the grid gets extra tiles at origin 0 so every
+cell is denoised.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from lib_freediff.asd.tiles import TileBox, tile_grid
 from lib_freediff.errors import ParamError
+
 
 FEATURE = "Any-Size Diffusion"
 
 MODES = ("implicit", "explicit", "none")
 PREDICTIONS = ("x0", "eps", "v")
-
-
-class TileBox(NamedTuple):
-    """A tile in latent px, PIL order ``(x0, y0, x1, y1)``; ``x1``/``y1`` exclusive."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-
-
-def axis_starts(length: int, tile: int, offset: int = 0, stride: Optional[int] = None,
-                cover_start: bool = False, from_end: bool = False) -> List[int]:
-    """Tile origins along one axis (see the module docstring). ``cover_start`` adds an origin at 0
-    when ``offset > 0`` so the axis is covered from its first cell. ``from_end`` mirrors the grid: it
-    is laid from the far end, so the uncovered strip is ``[length − offset, length)``."""
-    if length <= tile:
-        return [0]
-    if from_end:
-        return sorted(length - tile - s for s in axis_starts(length, tile, offset, stride, cover_start))
-    stride = tile if stride is None else stride
-    last = length - tile
-    starts: List[int] = [0] if (cover_start and offset > 0) else []
-    s = offset
-    while True:
-        c = min(s, last)
-        if not starts or c != starts[-1]:
-            starts.append(c)
-        if s >= last:
-            return starts
-        s += stride
-
-
-def tile_grid(h: int, w: int, tile: int, dx: int = 0, dy: int = 0, *, stride: Optional[int] = None,
-              cover_start: bool = False, anchor: Tuple[bool, bool] = (False, False)) -> List[TileBox]:
-    """The tile boxes (row-major) for an ``h × w`` latent, grid shifted by ``(dx, dy)`` from the
-    top-left corner; ``anchor = (x_from_end, y_from_end)`` lays an axis from its far end instead."""
-    th, tw = min(tile, h), min(tile, w)
-    ys = axis_starts(h, tile, dy, stride, cover_start, anchor[1])
-    xs = axis_starts(w, tile, dx, stride, cover_start, anchor[0])
-    return [TileBox(x, y, x + tw, y + th) for y in ys for x in xs]
 
 
 _ANCHORS = ((False, False), (True, True), (True, False), (False, True))
@@ -116,9 +84,10 @@ class CallInfo:
     shape: Tuple[int, ...]
     offset: Tuple[int, int]
     boxes: Tuple[TileBox, ...]
-    extra_tiles: bool  # origin-0 tiles added because no previous prediction was usable
-    carried_cells: int  # latent cells (per sample) taken from the previous step
+    extra_tiles: bool  # origin-0 tiles added because no prediction to carry was usable
+    carried_cells: int  # latent cells (per sample) not denoised in this call but carried
     inner_calls: int
+    carried_from: Optional[str] = None  # "previous step", "start latent", or None when nothing was carried
 
 
 class TiledDenoiser(torch.nn.Module):
@@ -136,14 +105,17 @@ class TiledDenoiser(torch.nn.Module):
     ``(B, *, H, W)`` is cut with the tile, of shape ``(B, *, 8H, 8W)`` cut at 8× coordinates (pixel-space
     hints); any other tensor whose first dim is ``B`` (cross-attention context, SDXL ``vector``,
     ``sigma``) is repeated per tile; everything else is passed through. Up to ``tile_batch`` tiles go
-    through ``inner`` per call, concatenated tile-major along the batch dim.
+    through ``inner`` per call (the tiles of a step split as evenly as possible between the calls),
+    concatenated tile-major along the batch dim; :attr:`tile_context`, when set, is entered around each.
 
     Steps: call :meth:`set_step` before the model calls of each sampler step (calling it again with
-    the same index is a no-op) and :meth:`reset` before each sampling run. Offsets: step ``i`` uses
+    the same index is a no-op), :meth:`reset` before each sampling run and, when the run starts from an
+    image (hires pass, img2img), :meth:`set_initial` with its clean latent. Offsets: step ``i`` uses
     ``(0, 0)`` when ``reset_every > 0`` and ``i % reset_every == 0`` (the reference resets every 4th
     step; the default, 0, never does, as the rotating anchor already refreshes the edges),
     otherwise ``(dx, dy)`` drawn uniformly from ``[0, offset_range)`` by a generator seeded from
-    ``(seed, i)`` only, so every call of a step uses the same offset whatever happened before.
+    ``(seed, i)`` only, so every call of a step uses the same offset whatever happened before
+    (along an axis whose tiles are shorter than the offset, it wraps round: ``d mod`` the tile length).
 
     When one tile covers the whole latent, ``inner`` is called directly (bit-identical result).
     Unknown attributes are looked up on ``inner`` so the wrapper can stand in for it.
@@ -178,6 +150,9 @@ class TiledDenoiser(torch.nn.Module):
         self.prediction = prediction
         self._alphas = None if alphas_cumprod is None else torch.as_tensor(alphas_cumprod).detach().double().cpu()
         self.history: Optional[List[CallInfo]] = None
+        # entered around each tiled call of ``inner`` with (boxes, rows per tile, H, W): lets the host give
+        # state that lives outside the call's arguments (e.g. another extension's control images) per tile
+        self.tile_context: Optional[Callable[[Sequence[TileBox], int, int, int], ContextManager]] = None
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------
@@ -191,6 +166,13 @@ class TiledDenoiser(torch.nn.Module):
         self._offsets: Dict[int, Tuple[int, int]] = {}
         self._grids: Dict[Any, _Grid] = {}
         self._last_boxes: Optional[Tuple[TileBox, ...]] = None
+        self._initial: Optional[torch.Tensor] = None
+        self._first_step: Optional[int] = None
+
+    def set_initial(self, x0: Optional[torch.Tensor]) -> None:
+        """The clean latent ``(B0, C, H, W)`` this run starts from (one row per image): the x0 that the first
+        step carries into the cells its shifted grid leaves uncovered. ``None`` forgets it."""
+        self._initial = None if x0 is None else x0.detach()
 
     def set_step(self, i: int, total: Optional[int] = None) -> None:
         """Declares that the following model calls belong to sampler step ``i`` (0-based) of ``total``."""
@@ -244,7 +226,7 @@ class TiledDenoiser(torch.nn.Module):
             return g
         t = self.tile
         if self.mode == "explicit":
-            boxes = tile_grid(h, w, t, stride=t - self.overlap)
+            boxes = tile_grid(h, w, t, overlap=self.overlap)
         else:
             boxes = tile_grid(h, w, t, offset[0], offset[1], cover_start=cover_start, anchor=anchor)
         th, tw = boxes[0].y1 - boxes[0].y0, boxes[0].x1 - boxes[0].x0
@@ -299,6 +281,21 @@ class TiledDenoiser(torch.nn.Module):
             return ((x.float() - sa * x0.float()) / s1).to(x0.dtype)
         return ((sa * x.float() - x0.float()) / s1).to(x0.dtype)
 
+    def _initial_rows(self, x: torch.Tensor, t) -> Optional[torch.Tensor]:
+        """The start latent's row for each row of ``x`` (None when it does not fit). A call's rows are the
+        batch's images, each noised and repeated for cond/uncond in the CFG denoiser's order; each row
+        is matched to the image whose start latent (scaled as in ``x``) is nearest, which is exact for
+        one image and, for several, leaves only noise of the row's own image in the distance."""
+        x0 = self._initial
+        if x0 is None or x0.ndim != 4 or x0.shape[1:] != x.shape[1:]:
+            return None
+        x0 = x0.to(device=x.device, dtype=x.dtype)
+        if x0.shape[0] == 1:
+            return x0.expand(x.shape[0], -1, -1, -1)
+        scale = 1.0 if self.prediction == "x0" else self._coeffs(t, x)[0].to(x.dtype)
+        dist = torch.stack([(x - scale * row).float().pow(2).flatten(1).sum(1) for row in x0], 1)
+        return x0[dist.argmin(1)]
+
     # -- call ----------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, sigma, cond=None, **kwargs):
@@ -315,11 +312,16 @@ class TiledDenoiser(torch.nn.Module):
 
         offset = self.offset_for_step(step) if self.mode == "implicit" else (0, 0)
         key = (k, tuple(x.shape))
-        prev = None
+        prev, source = None, None
+        if self._first_step is None:
+            self._first_step = step
         if self.mode == "implicit":
             m = self._memory.get(key)
             if m is not None and m[0] == step - 1:
-                prev = m[1]
+                prev, source = m[1], "previous step"
+            elif step == self._first_step and offset != (0, 0):
+                prev = self._initial_rows(x, sigma)
+                source = None if prev is None else "start latent"
         need_extra = self.mode == "implicit" and prev is None and offset != (0, 0)
         grid = self._grid(H, W, offset, need_extra, self.anchor_for_step(step), x.device, x.dtype)
         boxes = grid.boxes
@@ -327,11 +329,12 @@ class TiledDenoiser(torch.nn.Module):
         acc = None
         n_inner = 0
         rep_cache: dict = {}
-        for s in range(0, len(boxes), self.tile_batch):
-            chunk = boxes[s:s + self.tile_batch]
+        for s, e in _chunks(len(boxes), self.tile_batch):
+            chunk = boxes[s:e]
             xt = _cut(x, chunk, 1)
             args = {name: _tile_arg(v, chunk, B, H, W, rep_cache) for name, v in kwargs.items()}
-            out = self.inner(xt, _tile_arg(sigma, chunk, B, H, W, rep_cache), **args)
+            with (self.tile_context(chunk, B, H, W) if self.tile_context is not None else nullcontext()):
+                out = self.inner(xt, _tile_arg(sigma, chunk, B, H, W, rep_cache), **args)
             n_inner += 1
             if acc is None:
                 acc = torch.zeros((B, out.shape[1], H, W), device=out.device, dtype=out.dtype)
@@ -345,7 +348,9 @@ class TiledDenoiser(torch.nn.Module):
                     dst.addcmul_(o, wgt.to(o.dtype))
 
         carried = 0
-        if grid.covered is not None:
+        if grid.covered is None:
+            source = None
+        else:
             # prev exists here: without it the grid was given extra tiles and covers everything.
             fill = self._from_x0(prev, x, sigma)
             acc = torch.where(grid.covered, acc, fill.to(acc.dtype))
@@ -353,12 +358,12 @@ class TiledDenoiser(torch.nn.Module):
         if self.mode == "implicit":
             self._memory[key] = (step, self._to_x0(acc, x, sigma))
         self._last_boxes = boxes
-        self._record(step, k, x.shape, offset, boxes, need_extra, carried, n_inner)
+        self._record(step, k, x.shape, offset, boxes, need_extra, carried, n_inner, source)
         return acc
 
-    def _record(self, step, k, shape, offset, boxes, extra, carried, n_inner):
+    def _record(self, step, k, shape, offset, boxes, extra, carried, n_inner, source=None):
         if self.history is not None:
-            self.history.append(CallInfo(step, k, tuple(shape), tuple(offset), tuple(boxes), extra, carried, n_inner))
+            self.history.append(CallInfo(step, k, tuple(shape), tuple(offset), tuple(boxes), extra, carried, n_inner, source))
 
     def __getattr__(self, name: str):
         try:
@@ -370,6 +375,22 @@ class TiledDenoiser(torch.nn.Module):
         if inner is None or name.startswith("__"):
             raise AttributeError(name)
         return getattr(inner, name)
+
+
+def default_tile_batch(device) -> int:
+    """Tiles per U-Net call when the user leaves it to us: 1 on the CPU, where batching tiles saves no time and
+    multiplies the call's activation memory (measured: tests/benchmarks/bench_asd.py), 4 on an accelerator,
+    where fewer, larger calls keep it busy."""
+    kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    return 1 if kind == "cpu" else 4
+
+
+def _chunks(n: int, per_call: int) -> List[Tuple[int, int]]:
+    """``[start, end)`` of ``ceil(n / per_call)`` runs of tiles, as even in size as possible (9 tiles, 4 a call:
+    3 + 3 + 3, not 4 + 4 + 1), so every call of a step has about the same shape."""
+    calls = -(-n // per_call)
+    bounds = [n * i // calls for i in range(calls + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _check_int(v, name: str, minimum: int) -> int:

@@ -13,15 +13,18 @@ from typing import Mapping
 from modules import shared
 
 from lib_freediff.asd.buckets import plan_any_size
-from lib_freediff.asd.fstd import TiledDenoiser
+from lib_freediff.asd.fstd import TiledDenoiser, default_tile_batch
 from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, buckets_for, check_values
 from lib_freediff.asd.tiled_vae import should_tile, tiled_decode, tiled_encode
+from lib_freediff.asd.tiles import GridPlan, grid_plan
 from lib_freediff.schedule import sampler_step
 from lib_freediff.unet_info import model_family
 from lib_freediff.webui import features, runtime
+from lib_freediff.webui.controlnet import ControlNetTiles, restore_after_failure
 from lib_freediff.webui.overrides import values_with_overrides
 
 FEATURE_SPEC = features.register(features.Feature(ASD_PARAMS, BUILTIN_PRESETS))
+runtime.after_failed_generation(restore_after_failure)
 
 OPTION_MAX_MEGAPIXELS = "freediff_asd_max_megapixels"
 OPTION_VAE_THRESHOLD = "freediff_asd_tiled_vae_threshold"
@@ -60,16 +63,27 @@ def infotext_value(values: Mapping) -> str:
     return ASD_PARAMS.format_infotext(values, always=("width", "height", "mode", "denoise"))
 
 
+def pass_grid(values: Mapping, plan) -> GridPlan:
+    """The tile grid of the tiled pass (latent px) for the panel's values."""
+    overlap = values["overlap"] // 8 if values["mode"] == "explicit" else 0
+    return grid_plan(plan.latent.w, plan.latent.h, values["tile"] // 8, overlap)
+
+
 def describe_plan(values: Mapping, is_img2img: bool) -> str:
-    """The live summary in the panel: bucket, render size, crop and tile grid."""
+    """The live summary in the panel: bucket, render size, crop, tile layout and U-Net work per step."""
     plan = plan_for(values)
-    tile = values["tile"]
-    cols, rows = plan.tiles
+    grid = pass_grid(values, plan)
     lines = []
     if not is_img2img:
         fw, fh = plan.first_pass
         lines.append(f"First pass **{fw}×{fh}** (bucket ratio {fh / fw:.3f}, target {plan.final.h / plan.final.w:.3f})")
-    lines.append(f"Second pass **{plan.render.w}×{plan.render.h}**: {cols}×{rows} tiles of {tile} px ({values['mode']})")
+    if grid.tiles == 1:
+        layout = "one tile (not tiled)"
+    else:
+        work = grid.work(plan.latent.w, plan.latent.h)
+        layout = (f"{grid.cols}×{grid.rows} tiles of {8 * grid.tile_w}×{8 * grid.tile_h} px ({values['mode']}), "
+                  f"U-Net work {work:.2f}× the image per step")
+    lines.append(f"Second pass **{plan.render.w}×{plan.render.h}**: {layout}")
     if plan.render != plan.final:
         lines.append(f"Delivered **{plan.final.w}×{plan.final.h}** (centre crop of {plan.render.w - plan.final.w}×{plan.render.h - plan.final.h} px)")
     return "<br>".join(lines)
@@ -81,6 +95,7 @@ class ASDSession:
         self.is_img2img = is_img2img
         self.plan = plan_for(values)
         self.tiler: TiledDenoiser | None = None
+        self.controlnet: ControlNetTiles | None = None
         self._cfg = None
         self._vae_restore: list = []
         self._configure(p)
@@ -112,10 +127,20 @@ class ASDSession:
         return image.crop(tuple(box))
 
     # ---- tiled sampling ----
-    def before_sampling(self, p) -> None:
+    def tiled(self) -> bool:
+        """Whether the tiled pass has more than one tile (otherwise it runs as the WebUI's own)."""
+        return pass_grid(self.values, self.plan).tiles > 1
+
+    def before_sampling(self, p, x=None) -> None:
+        controlnet = ControlNetTiles.of(p, FEATURE) if self.tiled() else None
+        if controlnet is not None:
+            controlnet.check()  # in txt2img before the first pass: a refusal comes before any model work
         if not self.is_img2img and not getattr(p, "is_hr_pass", False):
             return  # the first pass is never tiled
+        self.controlnet = controlnet
         self._wrap(p.sampler.model_wrap_cfg, p)
+        if self.tiler is not None and x is not None:
+            self.tiler.set_initial(x)  # the first step carries the image being refined into its uncovered strip
 
     def _wrap(self, cfg, p) -> None:
         inner = cfg.inner_model
@@ -124,10 +149,14 @@ class ASDSession:
         v = self.values
         # k-diffusion wrappers return x0; the WebUI's timestep samplers (DDIM, PLMS, UniPC) return eps
         prediction = "x0" if hasattr(inner, "sigma_to_t") else "eps"
+        tile_batch = v["tile_batch"] or default_tile_batch(getattr(shared, "device", None))
+        if self.controlnet is not None and self.controlnet.one_tile_per_call():
+            tile_batch = 1
         self.tiler = TiledDenoiser(
             inner, mode=v["mode"], tile=v["tile"] // 8, overlap=v["overlap"] // 8, offset_range=v["offset_range"] // 8,
-            reset_every=v["reset_every"], tile_batch=v["tile_batch"], seed=int(p.seeds[0]) if getattr(p, "seeds", None) else 0,
+            reset_every=v["reset_every"], tile_batch=tile_batch, seed=int(p.seeds[0]) if getattr(p, "seeds", None) else 0,
             prediction=prediction, alphas_cumprod=getattr(shared.sd_model, "alphas_cumprod", None))
+        self.tiler.tile_context = self.controlnet
         cfg.model_wrap = self.tiler
         self._cfg = (cfg, inner)
 
@@ -169,6 +198,9 @@ class ASDSession:
             setattr(vae, name, fn)
 
     def close(self) -> None:
+        if self.controlnet is not None:
+            self.controlnet.close()
+            self.controlnet = None
         if self._cfg is not None:
             cfg, inner = self._cfg
             if cfg.model_wrap is self.tiler:
@@ -192,8 +224,8 @@ def before_process(p, args, is_img2img: bool) -> None:
     runtime.start(FEATURE, p, session)
 
 
-def process_before_every_sampling(p) -> None:
-    runtime.call(FEATURE, "before_sampling", p)
+def process_before_every_sampling(p, x=None) -> None:
+    runtime.call(FEATURE, "before_sampling", p, x)
 
 
 def postprocess_image(p, pp) -> None:

@@ -24,6 +24,13 @@ class Session(Protocol):
 
 _sessions: dict[str, Session] = {}
 _CLOSE_MARK = "_freediff_close_wrapped"
+_after_failure: list[Callable[[object], None]] = []
+
+
+def after_failed_generation(fn: Callable[[object], None]) -> None:
+    """Runs ``fn(p)`` when a generation we took part in raised (for what other extensions leave attached then)."""
+    if fn not in _after_failure:
+        _after_failure.append(fn)
 
 
 def start(feature: str, p, session: Session) -> Session:
@@ -67,7 +74,14 @@ def _hook_close(p) -> None:
 
     def close_and_end_sessions(*args, **kwargs):
         try:
+            failed = bool(_sessions)  # postprocess ends every session: one left means the generation raised
             end_all()
+            if failed:
+                for fn in _after_failure:
+                    try:
+                        fn(p)
+                    except Exception:
+                        traceback.print_exc()
         finally:
             return original(*args, **kwargs)
 

@@ -115,7 +115,7 @@ def test_plan_odd_target_exact_final_size():
     assert abs(p.upscaled.w / p.upscaled.h - 1024 / 640) < 0.01
     l, t, r, b = p.upscale_crop
     assert (r - l, b - t) == (1008, 608) and l >= 0 and t >= 0 and r <= p.upscaled.w and b <= p.upscaled.h
-    assert p.tiles == (2, 2)
+    assert p.tiles == (2, 2) and p.tile_size == Size(504, 304)  # 126×76 latent: 2×2 tiles of 63×38
 
 
 def test_plan_fit_rule_holds_for_many_targets():
@@ -130,6 +130,9 @@ def test_plan_fit_rule_holds_for_many_targets():
         assert p.upscaled.w >= p.render.w and p.upscaled.h >= p.render.h
         assert p.upscale == pytest.approx(max(p.render.w / p.first_pass.w, p.render.h / p.first_pass.h))
         assert p.tiles == (math.ceil(p.render.w / 512), math.ceil(p.render.h / 512))
+        assert p.tile_size.w <= 512 and p.tile_size.h <= 512
+        assert p.tiles[0] * p.tile_size.w - p.render.w < 8 * p.tiles[0]  # spare < 1 latent px a tile
+        assert p.tiles[1] * p.tile_size.h - p.render.h < 8 * p.tiles[1]
 
 
 def test_plan_validates_before_work():

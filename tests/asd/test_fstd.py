@@ -1,10 +1,12 @@
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lib_freediff.asd.fstd import MODES, TileBox, TiledDenoiser, axis_starts, tile_grid
+from lib_freediff.asd.fstd import MODES, TiledDenoiser
+from lib_freediff.asd.tiles import AxisLayout, TileBox, axis_layout, axis_starts, grid_plan, tile_grid
 from lib_freediff.errors import ParamError
 from tiny_sd import sd_alphas_cumprod
 
@@ -46,24 +48,88 @@ def coverage(boxes, h, w):
 # -- grid ------------------------------------------------------------------------------------------
 
 def test_axis_starts_clamp_and_cover():
-    assert axis_starts(128, 64) == [0, 64]
-    assert axis_starts(128, 64, 10) == [10, 64]  # last tile clamped inside, [0, 10) uncovered
-    assert axis_starts(75, 64, 20) == [11]  # one clamped tile leaves [0, 11) uncovered
-    assert axis_starts(75, 64, 20, cover_start=True) == [0, 11]
-    assert axis_starts(60, 64, 20) == [0]  # axis shorter than the tile: one tile, no offset
-    assert axis_starts(128, 64, stride=32) == [0, 32, 64]
+    t64 = AxisLayout(2, 64, 64)
+    assert axis_starts(128, t64) == [0, 64]
+    assert axis_starts(128, t64, 10) == [10, 64]  # last tile clamped inside, [0, 10) uncovered
+    assert axis_starts(75, AxisLayout(1, 64, 64), 20) == [11]  # one clamped tile leaves [0, 11) uncovered
+    assert axis_starts(75, AxisLayout(1, 64, 64), 20, cover_start=True) == [0, 11]
+    assert axis_starts(60, AxisLayout(1, 60, 60), 20) == [0]  # one tile spanning the axis: no offset
+    assert axis_starts(128, AxisLayout(3, 64, 32)) == [0, 32, 64]
+    assert axis_starts(128, t64, 70) == axis_starts(128, t64, 6)  # an offset wraps round the tile length
+    assert axis_starts(128, t64, 10, from_end=True) == [0, 54]  # laid from the far end: [118, 128) uncovered
     for length, tile, off in itertools.product((64, 65, 75, 127, 128, 200), (16, 64), range(0, 16, 5)):
-        s = axis_starts(length, tile, off)
-        assert all(0 <= a <= max(0, length - tile) for a in s) and s == sorted(set(s))
-        assert min(s) == (min(off, length - tile) if length > tile else 0)
-        assert max(s) + min(tile, length) == length  # the far end is always covered
+        lay = axis_layout(length, tile)
+        s = axis_starts(length, lay, off)
+        assert all(0 <= a <= max(0, length - lay.size) for a in s) and s == sorted(set(s))
+        assert min(s) == (min(off % lay.size, length - lay.size) if length > lay.size else 0)
+        assert max(s) + lay.size == length  # the far end is always covered
+
+
+def test_axis_layout_rule():
+    assert axis_layout(125, 64) == AxisLayout(2, 63, 63)  # 1000 px: 2 tiles of 63, not 2 of 64
+    assert axis_layout(75, 64) == AxisLayout(2, 38, 38)  # 600 px
+    assert axis_layout(64, 64) == AxisLayout(1, 64, 64) and axis_layout(22, 64) == AxisLayout(1, 22, 22)
+    assert axis_layout(135, 64) == AxisLayout(3, 45, 45)  # 1080 px
+    assert axis_layout(128, 64, 32) == AxisLayout(3, 64, 32)  # explicit, overlap 32
+    assert axis_layout(65, 64, 32) == AxisLayout(2, 49, 17)
+    for length, tile, overlap in itertools.product(range(1, 400), (16, 24, 64, 96), (0, 8, 15)):
+        lay = axis_layout(length, tile, overlap)
+        assert lay.size <= tile and lay.size <= length
+        if length > tile:
+            assert lay.count == math.ceil((length - overlap) / (tile - overlap))
+            assert lay.stride == lay.size - overlap
+            assert lay.count * lay.size - (lay.count - 1) * overlap >= length  # covers the axis
+            assert (lay.count - 1) * lay.stride + lay.size - length < lay.count  # spare < one cell per tile
+        else:
+            assert lay == (1, length, length)
+
+
+SIZE_SET = [(301, 173), (1000, 600), (1024, 1024), (1920, 1080), (2048, 2048), (3840, 2160)]
+
+
+@pytest.mark.parametrize("px_w,px_h", SIZE_SET)
+def test_every_cell_covered_n_tiles_no_larger_than_T(px_w, px_h):
+    w, h = -(-px_w // 8), -(-px_h // 8)
+    T = 64
+    lx, ly = axis_layout(w, T), axis_layout(h, T)
+    assert (lx.count, ly.count) == (math.ceil(w / T), math.ceil(h / T))
+    for dx, dy in itertools.product(range(0, 33, 4), range(0, 33, 5)):
+        for anchor in ((False, False), (True, True), (True, False), (False, True)):
+            boxes = tile_grid(h, w, T, dx, dy, cover_start=True, anchor=anchor)
+            assert (coverage(boxes, h, w) > 0).all()
+            shifted = tile_grid(h, w, T, dx, dy, anchor=anchor)
+            assert len({b.x0 for b in shifted}) <= lx.count and len({b.y0 for b in shifted}) <= ly.count
+            assert all((b.x1 - b.x0, b.y1 - b.y0) == (lx.size, ly.size) for b in shifted)
+            assert lx.size <= T and ly.size <= T
+
+
+@pytest.mark.parametrize("px_w,px_h", SIZE_SET)
+def test_counted_work_at_most_1_10_of_the_latent_area(px_w, px_h):
+    """Counts the U-Net input area of every call of a 6-step implicit run (batch 2) whose first step carries
+    the start latent: every step, the first included, evaluates at most 1.10× the latent area."""
+    w, h = -(-px_w // 8), -(-px_h // 8)
+    areas = {}
+
+    def inner(x, sigma, cond=None):
+        areas.setdefault(d.step, []).append(x.shape[0] // 2 * x.shape[-2] * x.shape[-1])
+        return x * 0.5
+
+    d = TiledDenoiser(inner, tile=64, offset_range=32, tile_batch=4, seed=1)
+    x = torch.zeros(2, 4, h, w)
+    d.set_initial(x[:1])
+    for i in range(6):
+        d.set_step(i)
+        d(x, torch.ones(2))
+    work = {i: sum(a) / (w * h) for i, a in areas.items()}
+    assert len(work) == 6 and max(work.values()) <= 1.10, work
+    assert grid_plan(w, h, 64).work(w, h) <= 1.10
 
 
 def test_tile_grid_boxes():
     boxes = tile_grid(H, W, 32, dx=5, dy=9)
     m = coverage(boxes, H, W)
     assert (m[9:, 5:] > 0).all() and (m[:9] == 0).all() and (m[:, :5] == 0).all()
-    assert all(b.x1 - b.x0 == 32 and b.y1 - b.y0 == 32 and b.x1 <= W and b.y1 <= H for b in boxes)
+    assert all(b.x1 - b.x0 == 32 and b.y1 - b.y0 == 25 and b.x1 <= W and b.y1 <= H for b in boxes)  # 4×3 tiles of 32×25
     full = tile_grid(H, W, 32, dx=5, dy=9, cover_start=True)
     assert (coverage(full, H, W) > 0).all()
     assert tile_grid(20, 30, 64) == [TileBox(0, 0, 30, 20)]
@@ -114,7 +180,7 @@ def test_tile_batching_counts_inner_calls():
     d(x, sigma, cond=cond)
     n = len(d.last_grid())
     assert n == 3 * 4
-    assert [s[0] for s in seen] == [5 * B, 5 * B, 2 * B]
+    assert [s[0] for s in seen] == [4 * B, 4 * B, 4 * B]  # 12 tiles, at most 5 a call: three even calls
     assert all(len(set(s)) == 1 for s in seen)
 
 

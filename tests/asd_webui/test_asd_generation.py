@@ -121,7 +121,13 @@ def test_exception_mid_generation_leaves_nothing(webui, bare, sd1):
 def test_live_plan_text():
 
     text = asd_glue.describe_plan({**asd_glue.ASD_PARAMS.defaults(), **TARGET}, is_img2img=False)
-    assert "First pass **96×64**" in text and "Second pass **200×120**: 2×1 tiles of 128 px" in text
+    # 25×15 latent, tiles of at most 16: 2 columns of 13, one row of 15
+    assert "First pass **96×64**" in text
+    assert "Second pass **200×120**: 2×1 tiles of 104×120 px (implicit), U-Net work 1.04× the image per step" in text
+    explicit = asd_glue.describe_plan({**asd_glue.ASD_PARAMS.defaults(), **TARGET, "mode": "explicit", "overlap": 64}, True)
+    assert "First pass" not in explicit and "3×1 tiles of 112×120 px (explicit), U-Net work 1.68×" in explicit
+    small = asd_glue.describe_plan({**asd_glue.ASD_PARAMS.defaults(), **TARGET, "tile": 256}, True)
+    assert "Second pass **200×120**: one tile (not tiled)" in small
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +142,7 @@ def test_api_dict_and_list(client):
     r = client.post("/sdapi/v1/txt2img", json=payload)
     assert r.status_code == 200, r.text
     assert image_from_b64(r.json()["images"][0]).size == (200, 120)
-    positional = [True, 200, 120, SMALL_BUCKETS, "implicit", 128, 64, 0, 64, 4, "Latent", 0.6, 3, "auto"]
+    positional = [True, 200, 120, SMALL_BUCKETS, "implicit", 128, 64, 0, 64, 0, "Latent", 0.6, 3, "auto"]
     r2 = client.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"Any-Size Diffusion": {"args": positional}}})
     assert r2.json()["images"] == r.json()["images"]
     assert infotexts_of(r2.json()) == infotexts_of(r.json())

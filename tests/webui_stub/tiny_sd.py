@@ -75,6 +75,22 @@ def sdxl_unet_full_blocks(model_channels=32, seed=0, context_dim=64):
     return randomize_zero_init(unet, seed).eval()
 
 
+class PointwiseUNet(torch.nn.Module):
+    """A U-Net stand-in whose output at a latent cell depends on that cell, the timestep and its row's context only,
+    so a tiled run of it must equal the untiled one. Its ``attn2`` (a cross-attention's place) lets extensions that
+    patch cross-attention outputs (IP-Adapter) act on it."""
+
+    def __init__(self, context_dim=64, in_channels=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.mix = torch.nn.Conv2d(in_channels, 4, 1)
+        self.attn2 = torch.nn.Linear(context_dim, 4)
+
+    def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
+        per_row = self.attn2(context).mean(1)[:, :, None, None]
+        return 0.5 * self.mix(x) + per_row + 1e-3 * timesteps.view(-1, 1, 1, 1)
+
+
 def sd_alphas_cumprod() -> torch.Tensor:
     """Stable Diffusion's DDPM schedule (scaled-linear betas 0.00085..0.012 over 1000 steps), float64."""
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
