@@ -64,7 +64,7 @@ class AnySizeDiffusionScript(script_base.FeatureScript):
         runtime.guarded(FEATURE, p, lambda: asd.before_process(p, args, self.is_img2img))
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        runtime.guarded(FEATURE, p, lambda: asd.process_before_every_sampling(p, kwargs.get("x")))
+        runtime.guarded(FEATURE, p, lambda: asd.process_before_every_sampling(p))
 
     def postprocess_image(self, p, pp, *args):
         asd.postprocess_image(p, pp)

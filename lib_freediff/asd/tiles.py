@@ -15,8 +15,8 @@ Layout rules (per axis, each axis on its own, so tiles may be non-square):
 * Origins along an axis are ``d, d + s, d + 2s, …`` (stride ``s = t − o``, offset ``d``) until a tile reaches
   the end; an origin past ``L − t`` is clamped to ``L − t`` (no wrap-around), so the last tile may overlap
   its neighbour. An offset at or beyond ``t`` wraps round to ``d mod t`` (the grid repeats with period
-  ``t``). With ``d > 0`` the cells ``[0, d)`` are not covered; ``cover_start`` adds an origin at 0 for them.
-  ``from_end`` lays the axis from its far end instead (the uncovered cells are then ``[L − d, L)``).
+  ``t``). With ``d > 0`` the cells ``[0, d)`` are not covered. ``from_end`` lays the axis from its far end
+  instead (the uncovered cells are then ``[L − d, L)``).
 """
 
 from __future__ import annotations
@@ -50,17 +50,16 @@ def axis_layout(length: int, tile: int, overlap: int = 0) -> AxisLayout:
     return AxisLayout(n, size, size - overlap)
 
 
-def axis_starts(length: int, layout: AxisLayout, offset: int = 0, cover_start: bool = False,
-                from_end: bool = False) -> List[int]:
+def axis_starts(length: int, layout: AxisLayout, offset: int = 0, from_end: bool = False) -> List[int]:
     """Tile origins along one axis of ``length`` for ``layout`` shifted by ``offset`` (module rules)."""
     size = layout.size
     if length <= size:
         return [0]
     if from_end:
-        return sorted(length - size - s for s in axis_starts(length, layout, offset, cover_start))
+        return sorted(length - size - s for s in axis_starts(length, layout, offset))
     offset %= size
     last = length - size
-    starts: List[int] = [0] if (cover_start and offset > 0) else []
+    starts: List[int] = []
     s = offset
     while True:
         c = min(s, last)
@@ -71,14 +70,14 @@ def axis_starts(length: int, layout: AxisLayout, offset: int = 0, cover_start: b
         s += layout.stride
 
 
-def tile_grid(h: int, w: int, tile: int, dx: int = 0, dy: int = 0, *, overlap: int = 0, cover_start: bool = False,
+def tile_grid(h: int, w: int, tile: int, dx: int = 0, dy: int = 0, *, overlap: int = 0,
               anchor: Tuple[bool, bool] = (False, False)) -> List[TileBox]:
     """The tile boxes (row-major) for an ``h × w`` latent with tiles of at most ``tile``, the grid shifted by
     ``(dx, dy)`` from the top-left corner; ``anchor = (x_from_end, y_from_end)`` lays an axis from its far
     end instead. Every box has the same size."""
     ly, lx = axis_layout(h, tile, overlap), axis_layout(w, tile, overlap)
-    ys = axis_starts(h, ly, dy, cover_start, anchor[1])
-    xs = axis_starts(w, lx, dx, cover_start, anchor[0])
+    ys = axis_starts(h, ly, dy, anchor[1])
+    xs = axis_starts(w, lx, dx, anchor[0])
     return [TileBox(x, y, x + lx.size, y + ly.size) for y in ys for x in xs]
 
 

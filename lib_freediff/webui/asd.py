@@ -131,7 +131,7 @@ class ASDSession:
         """Whether the tiled pass has more than one tile (otherwise it runs as the WebUI's own)."""
         return pass_grid(self.values, self.plan).tiles > 1
 
-    def before_sampling(self, p, x=None) -> None:
+    def before_sampling(self, p) -> None:
         controlnet = ControlNetTiles.of(p, FEATURE) if self.tiled() else None
         if controlnet is not None:
             controlnet.check()  # in txt2img before the first pass: a refusal comes before any model work
@@ -139,8 +139,6 @@ class ASDSession:
             return  # the first pass is never tiled
         self.controlnet = controlnet
         self._wrap(p.sampler.model_wrap_cfg, p)
-        if self.tiler is not None and x is not None:
-            self.tiler.set_initial(x)  # the first step carries the image being refined into its uncovered strip
 
     def _wrap(self, cfg, p) -> None:
         inner = cfg.inner_model
@@ -224,8 +222,8 @@ def before_process(p, args, is_img2img: bool) -> None:
     runtime.start(FEATURE, p, session)
 
 
-def process_before_every_sampling(p, x=None) -> None:
-    runtime.call(FEATURE, "before_sampling", p, x)
+def process_before_every_sampling(p) -> None:
+    runtime.call(FEATURE, "before_sampling", p)
 
 
 def postprocess_image(p, pp) -> None:

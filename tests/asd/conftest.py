@@ -28,6 +28,10 @@ def make_unet(seed=0, model_channels=32, in_channels=4):
 def kdenoiser():
     import k_diffusion as K
 
+    from modules import sd_hijack_unet
+
+    sd_hijack_unet.apply()  # as in the WebUI: the U-Net takes latents of any size (tiles need not be even)
+
     return K.external.CompVisDenoiser(UNetAsLDM(make_unet()))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib_freediff.asd.fstd import MODES, TiledDenoiser
+from lib_freediff.asd.fstd import MODES, TiledDenoiser, covering_overlap
 from lib_freediff.asd.tiles import AxisLayout, TileBox, axis_layout, axis_starts, grid_plan, tile_grid
 from lib_freediff.errors import ParamError
 from tiny_sd import sd_alphas_cumprod
@@ -52,7 +52,6 @@ def test_axis_starts_clamp_and_cover():
     assert axis_starts(128, t64) == [0, 64]
     assert axis_starts(128, t64, 10) == [10, 64]  # last tile clamped inside, [0, 10) uncovered
     assert axis_starts(75, AxisLayout(1, 64, 64), 20) == [11]  # one clamped tile leaves [0, 11) uncovered
-    assert axis_starts(75, AxisLayout(1, 64, 64), 20, cover_start=True) == [0, 11]
     assert axis_starts(60, AxisLayout(1, 60, 60), 20) == [0]  # one tile spanning the axis: no offset
     assert axis_starts(128, AxisLayout(3, 64, 32)) == [0, 32, 64]
     assert axis_starts(128, t64, 70) == axis_starts(128, t64, 6)  # an offset wraps round the tile length
@@ -93,11 +92,20 @@ def test_every_cell_covered_n_tiles_no_larger_than_T(px_w, px_h):
     T = 64
     lx, ly = axis_layout(w, T), axis_layout(h, T)
     assert (lx.count, ly.count) == (math.ceil(w / T), math.ceil(h / T))
+    covering = tile_grid(h, w, T, overlap=covering_overlap(T))  # a call with nothing to carry
+    assert (coverage(covering, h, w) > 0).all() and all(b.x1 - b.x0 <= T and b.y1 - b.y0 <= T for b in covering)
     for dx, dy in itertools.product(range(0, 33, 4), range(0, 33, 5)):
         for anchor in ((False, False), (True, True), (True, False), (False, True)):
-            boxes = tile_grid(h, w, T, dx, dy, cover_start=True, anchor=anchor)
-            assert (coverage(boxes, h, w) > 0).all()
             shifted = tile_grid(h, w, T, dx, dy, anchor=anchor)
+            covered = coverage(shifted, h, w) > 0  # all but the strip at the anchor's edges
+            ys = slice(h - dy, h) if anchor[1] else slice(0, dy)
+            xs = slice(w - dx, w) if anchor[0] else slice(0, dx)
+            if ly.count > 1 and lx.count > 1:
+                assert not covered[ys].any() and not covered[:, xs].any()
+                strip = torch.zeros(h, w, dtype=torch.bool)
+                strip[ys] = True
+                strip[:, xs] = True
+                assert (covered | strip).all()
             assert len({b.x0 for b in shifted}) <= lx.count and len({b.y0 for b in shifted}) <= ly.count
             assert all((b.x1 - b.x0, b.y1 - b.y0) == (lx.size, ly.size) for b in shifted)
             assert lx.size <= T and ly.size <= T
@@ -105,8 +113,8 @@ def test_every_cell_covered_n_tiles_no_larger_than_T(px_w, px_h):
 
 @pytest.mark.parametrize("px_w,px_h", SIZE_SET)
 def test_counted_work_at_most_1_10_of_the_latent_area(px_w, px_h):
-    """Counts the U-Net input area of every call of a 6-step implicit run (batch 2) whose first step carries
-    the start latent: every step, the first included, evaluates at most 1.10× the latent area."""
+    """Counts the U-Net input area of every call of a 6-step implicit run (batch 2): each steady step evaluates at
+    most 1.10× the latent area, the first (nothing to carry: the covering grid) at most 1.3×."""
     w, h = -(-px_w // 8), -(-px_h // 8)
     areas = {}
 
@@ -116,12 +124,11 @@ def test_counted_work_at_most_1_10_of_the_latent_area(px_w, px_h):
 
     d = TiledDenoiser(inner, tile=64, offset_range=32, tile_batch=4, seed=1)
     x = torch.zeros(2, 4, h, w)
-    d.set_initial(x[:1])
     for i in range(6):
         d.set_step(i)
         d(x, torch.ones(2))
     work = {i: sum(a) / (w * h) for i, a in areas.items()}
-    assert len(work) == 6 and max(work.values()) <= 1.10, work
+    assert len(work) == 6 and work[0] <= 1.3 and max(work[i] for i in range(1, 6)) <= 1.10, work
     assert grid_plan(w, h, 64).work(w, h) <= 1.10
 
 
@@ -130,8 +137,8 @@ def test_tile_grid_boxes():
     m = coverage(boxes, H, W)
     assert (m[9:, 5:] > 0).all() and (m[:9] == 0).all() and (m[:, :5] == 0).all()
     assert all(b.x1 - b.x0 == 32 and b.y1 - b.y0 == 25 and b.x1 <= W and b.y1 <= H for b in boxes)  # 4×3 tiles of 32×25
-    full = tile_grid(H, W, 32, dx=5, dy=9, cover_start=True)
-    assert (coverage(full, H, W) > 0).all()
+    full = tile_grid(H, W, 32, overlap=3)
+    assert (coverage(full, H, W) > 0).all() and len(full) == 5 * 3  # 125: 5 tiles of 28; 75: 3 of 27
     assert tile_grid(20, 30, 64) == [TileBox(0, 0, 30, 20)]
 
 
@@ -198,9 +205,9 @@ def test_uncovered_cells_keep_previous_prediction():
         cov = coverage(d.last_grid(), H, W) > 0
         info = d.history[-1]
         if i == 0:
-            assert info.extra_tiles and bool(cov.all())
+            assert info.covering and bool(cov.all())
         else:
-            assert not info.extra_tiles
+            assert not info.covering
         assert info.carried_cells == int((~cov).sum())
         torch.testing.assert_close(out[..., cov], ref[..., cov], rtol=0, atol=1e-6)
         if prev is not None:
@@ -231,7 +238,7 @@ def test_carry_is_keyed_by_call_position_and_shape():
     out = d(x, sigma, cond=cond)
     info = d.history[-1]
     if info.offset != (0, 0):
-        assert info.extra_tiles
+        assert info.covering
     assert info.carried_cells == 0
     torch.testing.assert_close(out, pointwise(x, sigma, cond), rtol=0, atol=1e-6)
 
@@ -345,7 +352,7 @@ def test_samplers_every_cell_denoised_or_carried(kdenoiser, sampler):
         has_prev = (c.step - 1, c.call, c.shape) in seen
         assert c.carried_cells == int((~cov).sum())
         assert bool(cov.all()) or has_prev  # uncovered cells only where a prediction can be carried
-        assert c.extra_tiles == (not has_prev and c.offset != (0, 0))
+        assert c.covering == (not has_prev and c.offset != (0, 0))
         assert c.offset == fresh.offset_for_step(c.step)
         assert (c.offset == (0, 0)) or c.step % 3 != 0
         seen.add((c.step, c.call, c.shape))
@@ -386,13 +393,14 @@ def test_seams_on_real_unet(kdenoiser):
         "fstd_r4": dict(mode="implicit", offset_range=T // 2, reset_every=4),  # the reference's schedule
     }
     ratios = {k: 0.0 for k in ["untiled", *configs]}
-    for seed in (5, 6):
+    seeds = range(1, 9)  # per-seed ratios spread by ±0.13: fewer seeds cannot tell the variants apart
+    for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         x0 = F.interpolate(torch.randn(1, 4, 6, 6, generator=g), size=(L, L), mode="bicubic", align_corners=False)
         extra = {"cond": _ctx(1, seed)}
         with torch.no_grad():
             ratios["untiled"] += _border_ratio(K.sampling.sample_euler(kdenoiser, x0, sigmas, extra_args=extra,
-                                                                       disable=True), T) / 2
+                                                                       disable=True), T) / len(seeds)
             for name, cfg in configs.items():
                 d = TiledDenoiser(kdenoiser, tile=T, seed=seed, **cfg)
                 calls = [0]
@@ -403,12 +411,15 @@ def test_seams_on_real_unet(kdenoiser):
                     return d(x, sigma, **kw)
 
                 out = K.sampling.sample_euler(model, x0, sigmas, extra_args=extra, disable=True)
-                ratios[name] += _border_ratio(out, T) / 2
+                ratios[name] += _border_ratio(out, T) / len(seeds)
     excess = {k: v - ratios["untiled"] for k, v in ratios.items()}
     print("border ratios", {k: round(v, 3) for k, v in ratios.items()})
     assert excess["none"] > 0.4  # no overlap: clear seams at the fixed grid
     assert excess["explicit"] < 0.25 * excess["none"]
     assert ratios["fstd"] <= ratios["explicit"] + 0.02  # FSTD (default): at/below explicit overlap
+    # the first step's covering grid (≤ 1.3× the area) against the shifted grid plus extra tiles it replaced
+    # (up to 2.25×), which measured 0.873 on these seeds; carrying the start latent instead measured 0.934
+    assert ratios["fstd"] <= 0.873
     assert excess["fstd_r4"] < 0.5 * excess["none"]  # resets to offset 0 leave a little at the fixed grid
 
 
