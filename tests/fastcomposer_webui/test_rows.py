@@ -12,6 +12,7 @@ from harness import make_image
 from lib_freediff.errors import ParamError
 from lib_freediff.webui import fastcomposer as fc
 from modules import shared
+from modules.prompt_parser import SdConditioning
 from modules.script_callbacks import CFGDenoiserParams
 
 from .conftest import controlnet_mark
@@ -30,14 +31,6 @@ class MulticondLearnedConditioning:
     def __init__(self, shape, batch):
         self.shape = shape
         self.batch = batch
-
-
-class SdConditioning(list):
-    def __init__(self, prompts, is_negative_prompt=False, width=None, height=None):
-        super().__init__(prompts)
-        self.is_negative_prompt = is_negative_prompt
-        self.width = width
-        self.height = height
 
 
 def reconstruct_multicond_batch(c, step):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules import infotext_utils, rng, scripts, sd_samplers, sd_samplers_common, shared
+from modules import infotext_utils, prompt_parser, rng, scripts, sd_samplers, sd_samplers_common, shared
 from modules.shared import opts, state
 
 opt_C = 4
@@ -63,8 +63,10 @@ class StableDiffusionProcessing:
         return self.c, self.uc
 
     def setup_conds(self):
-        self.c = self.sd_model.get_learned_conditioning(self.prompts)
-        self.uc = self.sd_model.get_learned_conditioning(self.negative_prompts)
+        prompts = prompt_parser.SdConditioning(self.prompts, width=self.width, height=self.height)
+        negative_prompts = prompt_parser.SdConditioning(self.negative_prompts, width=self.width, height=self.height, is_negative_prompt=True)
+        self.c = self.sd_model.get_learned_conditioning(prompts)
+        self.uc = self.sd_model.get_learned_conditioning(negative_prompts)
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         pass
