@@ -46,6 +46,11 @@ CHECKED = [
     ("modules/infotext_utils.py", "quote"),
     ("modules/infotext_utils.py", "unquote"),
     ("modules/infotext_utils.py", "parse_generation_parameters"),
+    ("modules/processing.py", "StableDiffusionProcessing.setup_conds"),
+    ("modules/prompt_parser.py", "SdConditioning.__init__"),
+    ("modules/prompt_parser.py", "get_multicond_prompt_list"),
+    ("modules/prompt_parser.py", "get_learned_conditioning_prompt_schedules"),
+    ("modules/api/api.py", "api_middleware"),
 ]
 
 
@@ -75,3 +80,16 @@ def test_infotext_regex_is_the_real_one():
 
     real = open(os.path.join(SRC, "modules/infotext_utils.py"), encoding="utf8").read()
     assert f"re_param_code = r'{infotext_utils.re_param_code}'" in real
+
+
+def _decorators(path: str, function: str):
+    tree = ast.parse(open(path, encoding="utf8").read())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
+    return [ast.unparse(d) for n in ast.walk(fn) if isinstance(n, ast.AsyncFunctionDef) for d in n.decorator_list]
+
+
+def test_api_middleware_stack_is_the_real_one():
+    """The same middleware layers and exception handlers, in the same order (which decides how an error escaping
+    the endpoint is wrapped and answered)."""
+    path = "modules/api/api.py"
+    assert _decorators(os.path.join(STUB, path), "api_middleware") == _decorators(os.path.join(SRC, path), "api_middleware")
