@@ -1,6 +1,11 @@
 """Benchmark of ASD stage II tiling: per-step time and peak memory of FSTD (implicit overlap) vs a fixed
 non-overlapping grid vs explicit overlap (overlap = tile/2) vs the untiled model, at several output sizes.
 
+``--work``: the U-Net work of each mode counted exactly (U-Net input area per step ÷ latent area, by a forward
+pre-hook on a tiny real U-Net) over the size set 301×173 … 3840×2160, first step and steady steps apart (the peers
+users pick instead are counted in a live WebUI: bench_asd_webui.py).
+``--memory``: peak RSS of one FSTD step of an 8192² second pass against one untiled 1024² step (small U-Net).
+
 A script, not a pytest test. CPU default: a mid-size random ldm UNet, batch 1, one thread (~3 min).
 GPU: ``--device cuda --unet sd15 --dtype float16 --batch 2 --sizes 1024,1536,2048,3072``.
 Modes are timed interleaved, step by step, so a busy shared machine slows them alike. Step 0 is timed
@@ -40,6 +45,9 @@ def build(args):
     from k_diffusion.external import CompVisDenoiser
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
+    from modules import sd_hijack_unet
+
+    sd_hijack_unet.apply()  # as in the WebUI: the U-Net takes latents (and tiles) of any size
     torch.manual_seed(0)
     cfg = UNETS[args.unet]
     unet = UNetModel(image_size=64, in_channels=4, out_channels=4, transformer_depth=1,
@@ -83,8 +91,9 @@ def _setup(den, ctx_dim, args, side, mode):
     sigma = torch.full((args.batch,), 2.0, device=dev)
     if mode == "untiled":
         return den, x, sigma, cond
-    kw = dict(mode="implicit" if mode == "fstd" else mode, tile=args.tile, overlap=args.tile // 2,
-              offset_range=args.offset_range, tile_batch=args.tile_batch, seed=0)
+    name, _, per_call = mode.partition("@")  # "fstd@4": FSTD with 4 tiles a U-Net call
+    kw = dict(mode="implicit" if name == "fstd" else name, tile=args.tile, overlap=args.tile // 2,
+              offset_range=args.offset_range, tile_batch=int(per_call or args.tile_batch), seed=0)
     model = TiledDenoiser(den, **kw)
     model.history = []
     return model, x, sigma, cond
@@ -164,12 +173,69 @@ def step_times(den, ctx_dim, dtype, args, side, modes):
         steady = [c for c in hist if c.step > 0] if hist else None
         out[m] = {"s_per_step": sum(res[m]) / len(res[m]), "first_step": first[m],
                   "first_tiles": len(hist[0].boxes) if hist else 1,
-                  "tiles": sum(len(c.boxes) for c in steady) / len(steady) if steady else 1}
+                  "tiles": sum(len(c.boxes) for c in steady) / len(steady) if steady else 1,
+                  "calls": sum(c.inner_calls for c in steady) / len(steady) if steady else 1}
     return out
 
 
-def machine(args):
-    if args.device == "cuda":
+WORK_SIZES = [(301, 173), (1000, 600), (1024, 1024), (1920, 1080), (2048, 2048), (3840, 2160)]
+
+
+def count_work(args):
+    """U-Net input area per step ÷ latent area for each mode and size (first step and steady steps)."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from modules import sd_hijack_unet
+
+    sd_hijack_unet.apply()  # as in the WebUI: the U-Net takes latents (and tiles) of any size
+    torch.manual_seed(0)
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[],
+                     num_res_blocks=1, channel_mult=(1, 2), num_head_channels=16, legacy=False).eval()
+    from k_diffusion.external import CompVisDenoiser
+
+    den = CompVisDenoiser(UNetAsLDM(unet))
+    area = []
+    unet.register_forward_pre_hook(lambda m, a: area.append(a[0].shape[0] * a[0].shape[-2] * a[0].shape[-1]))
+    modes = {"FSTD": dict(mode="implicit", offset_range=args.offset_range),
+             "no overlap": dict(mode="none"), "explicit (overlap T/2)": dict(mode="explicit", overlap=args.tile // 2)}
+    rows = []
+    for w_px, h_px in WORK_SIZES:
+        w, h = -(-w_px // 8), -(-h_px // 8)
+        x = torch.zeros(1, 4, h, w)
+        row = {"size": f"{w_px}×{h_px}", "latent": f"{w}×{h}"}
+        for name, kw in modes.items():
+            d = TiledDenoiser(den, tile=args.tile, tile_batch=8, seed=0, **kw)
+            per_step = []
+            with torch.no_grad():
+                for i in range(args.work_steps):
+                    area.clear()
+                    d.set_step(i)
+                    d(x, torch.ones(1), cond=torch.zeros(1, 1, 8))  # no attention: the context is unused
+                    per_step.append(sum(area) / (w * h))
+            row[name] = (per_step[0], max(per_step[1:]), sum(per_step[1:]) / len(per_step[1:]))
+        rows.append(row)
+    print(f"\nU-Net work per step ÷ latent area (tile {args.tile} latent px, offset range {args.offset_range}; "
+          f"{args.work_steps} steps: first step, then the most and the mean of the others)\n")
+    names = list(modes)
+    print("| output px | latent | " + " | ".join(f"{n}: first / steady max / steady mean" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for r in rows:
+        print(f"| {r['size']} | {r['latent']} | " + " | ".join("%.3f / %.3f / %.3f" % r[n] for n in names) + " |")
+
+
+def memory_8192(args):
+    """Peak RSS growth of one FSTD step at 8192² (small U-Net) and of one untiled step at 1024², in forks."""
+    den, ctx_dim, dtype = build(args)
+    big = in_fork(peak_memory, den, ctx_dim, dtype, args, 8192, "fstd")
+    small = in_fork(peak_memory, den, ctx_dim, dtype, args, 1024, "untiled")
+    lat = 8192 // 8
+    buffers = args.batch * 4 * lat * lat * 4 / 2**20
+    print(f"\nPeak RSS growth of one step (MiB): FSTD 8192² {big:.0f}; untiled 1024² {small:.0f}; "
+          f"one 8192² latent buffer (batch {args.batch}, fp32) {buffers:.0f}\n")
+
+
+def machine_name(device="cpu"):
+    if device == "cuda":
         dev = torch.cuda.get_device_name(0)
     else:
         dev = platform.processor() or "cpu"
@@ -178,6 +244,11 @@ def machine(args):
                 dev = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
         except (OSError, StopIteration):
             pass
+    return dev
+
+
+def machine(args):
+    dev = machine_name(args.device)
     return (f"{dev}; torch {torch.__version__}; threads {torch.get_num_threads()} of {os.cpu_count()} CPUs; "
             f"unet {args.unet} ({args.dtype}); batch {args.batch}; tile {args.tile} latent px; "
             f"offset range {args.offset_range}; tile batch {args.tile_batch}; {args.steps} timed steps after step 0")
@@ -195,13 +266,24 @@ def main():
     ap.add_argument("--tile-batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per mode")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--modes", default="untiled,none,fstd,explicit")
+    ap.add_argument("--modes", default="untiled,none,fstd,explicit",
+                    help="comma-separated; fstd@N = FSTD with N tiles a U-Net call (e.g. fstd@1,fstd@4)")
+    ap.add_argument("--work", action="store_true", help="count U-Net work over the size set (no timing)")
+    ap.add_argument("--work-steps", type=int, default=6)
+    ap.add_argument("--memory", action="store_true", help="peak RSS of an 8192² FSTD step vs an untiled 1024² step")
     args = ap.parse_args()
+    if args.work:
+        torch.set_num_threads(args.threads)
+        print(f"Machine: {machine_name()}")
+        return count_work(args)
     args.unet = args.unet or ("sd15" if args.device == "cuda" else "mid")
     args.dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("CUDA is not available")
+    if args.memory:
+        print(f"\nMachine: {machine(args)}")
+        return memory_8192(args)
     den, ctx_dim, dtype = build(args)
     modes = args.modes.split(",")
     t_start = time.time()
@@ -219,6 +301,15 @@ def main():
         rows.append((side, r))
 
     print(f"\nMachine: {machine(args)}\n")
+    if set(modes) != {"untiled", "none", "fstd", "explicit"}:
+        print("| output px | mode | s/step | first step s | tiles a step | U-Net calls a step | peak MiB |")
+        print("|---|---|---|---|---|---|---|")
+        for side, r in rows:
+            for m in modes:
+                print(f"| {side}x{side} | {m} | {r[m]['s_per_step']:.3f} | {r[m]['first_step']:.3f} | {r[m]['tiles']:.2f} | "
+                      f"{r[m]['calls']:.2f} | {r[m]['peak_mib']:.0f} |")
+        print(f"\nTotal {time.time() - t_start:.0f} s.")
+        return
     print("| output px | latent | tiles none/FSTD/explicit | untiled s/step | none s/step | FSTD s/step "
           "| explicit s/step | FSTD/none | FSTD/explicit | FSTD step 0: s (tiles) | peak MiB untiled/none/FSTD/explicit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
