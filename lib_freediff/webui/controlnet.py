@@ -16,7 +16,8 @@ hold the crops of their control belonging to the call's tiles, repeated in the c
 * the unit's effective-region mask, resized once to 8H×8W and cropped;
 * T2I-Adapter features, recomputed from the crop (the adapter otherwise keeps the first features it made);
 * IP-Adapter's per-layer key/value cache, emptied before and after each call: it is filled at the first call
-  and reshaped with every later call's batch, so tile batches of another size would mix samples.
+  and reshaped with every later call's batch, so tile batches of another size would mix samples; and while an
+  IP-Adapter unit is on, each call holds one tile (see :meth:`ControlNetTiles.one_tile_per_call`).
 
 Units that cannot be tiled this way are refused before any model work, naming the unit; see
 :meth:`ControlNetTiles.check`. Facts from sd-webui-controlnet v1.1.455 (``scripts/hook.py``, ``controlnet.py``,
@@ -181,10 +182,13 @@ class ControlNetTiles:
                                     "unit off, or set Tiling to a tile size covering the image", feature=self.feature)
 
     def one_tile_per_call(self) -> bool:
-        """T2I-Adapters in 'ControlNet is more important' mode (or pooled) repeat a batch-1 control over the call's
-        rows, so their calls must hold one tile."""
-        return any(_type_name(q) == "T2I_Adapter" and (getattr(q, "cfg_injection", False) or getattr(q, "global_average_pooling", False))
-                   for q in self.hook.control_params)
+        """Calls hold one tile while a unit cannot take several: T2I-Adapters in 'ControlNet is more important' mode
+        (or pooled) repeat a batch-1 control over the call's rows; IP-Adapter, in the real ControlNet v1.1.455,
+        gave another image for calls of 3 tiles than for calls of 1 (4.5 levels mean, 58 max, at 301×173) even with
+        its cache emptied around each call, so it gets the layout its own untiled runs have: one image per call."""
+        return any(_type_name(q) == "IPAdapter" or (_type_name(q) == "T2I_Adapter" and (
+            getattr(q, "cfg_injection", False) or getattr(q, "global_average_pooling", False)))
+            for q in self.hook.control_params)
 
     # ---- a pass ------------------------------------------------------------------------------------------------
 

@@ -152,14 +152,23 @@ def test_hires_pass_tiles_get_crops_of_the_hires_control(webui):
 
 
 def test_ip_adapter_same_image_for_every_tile_batch(webui):
-    images = []
-    for tile_batch in (1, 3, 4):
-        res = webui.img2img({ASD: [{**TARGET, "tile_batch": tile_batch}], CN: [{"image": DEPTH, "model": "ip-adapter"}, control()]},
-                            init_images=[make_image(160, 96)], denoising_strength=0.5)
-        images.append(pixels(res.images[0]))
+    from modules import shared
+
+    images, batches = [], []
+    unet = shared.sd_model.model.diffusion_model
+    handle = unet.register_forward_pre_hook(lambda m, a: batches.append(a[0].shape[0]))
+    try:
+        for tile_batch in (1, 3, 4):
+            res = webui.img2img({ASD: [{**TARGET, "tile_batch": tile_batch}], CN: [{"image": DEPTH, "model": "ip-adapter"}, control()]},
+                                init_images=[make_image(160, 96)], denoising_strength=0.5)
+            images.append(pixels(res.images[0]))
+    finally:
+        handle.remove()
     for other in images[1:]:
         diff = np.abs(images[0] - other)
         assert diff.max() <= 1 and diff.mean() < 0.01
+    # while an IP-Adapter unit is on, every call holds one tile (cond + uncond), whatever tile_batch says
+    assert batches and set(batches) == {2}, batches
 
 
 def test_effective_region_mask_is_cut_per_tile(webui):
