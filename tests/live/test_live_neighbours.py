@@ -170,7 +170,8 @@ def sdxl():
     models = [m["title"] for m in get("/sdapi/v1/sd-models").json() if "xl" in m["title"].lower()]
     if not models:
         pytest.skip("no SDXL checkpoint in this WebUI")
-    return {"sd_model_checkpoint": models[0]}
+    # live previews off: the SDXL preview model (vaeapprox-sdxl.pt) is downloaded on first use, and tests are offline
+    return {"sd_model_checkpoint": models[0], "live_previews_enable": False}
 
 
 def test_sdxl_freeu_and_asd(sdxl):
