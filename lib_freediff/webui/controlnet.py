@@ -183,9 +183,9 @@ class ControlNetTiles:
 
     def one_tile_per_call(self) -> bool:
         """Calls hold one tile while a unit cannot take several: T2I-Adapters in 'ControlNet is more important' mode
-        (or pooled) repeat a batch-1 control over the call's rows; IP-Adapter, in the real ControlNet v1.1.455,
-        gave another image for calls of 3 tiles than for calls of 1 (4.5 levels mean, 58 max, at 301×173) even with
-        its cache emptied around each call, so it gets the layout its own untiled runs have: one image per call."""
+        (or pooled) repeat a batch-1 control over the call's rows; IP-Adapter keys its attention state to the call's
+        batch, so it gets the layout of its own untiled runs, one image per call, and tile_batch cannot change its
+        image (real ControlNet v1.1.455: tile batch 1 and 4 bit-identical)."""
         return any(_type_name(q) == "IPAdapter" or (_type_name(q) == "T2I_Adapter" and (
             getattr(q, "cfg_injection", False) or getattr(q, "global_average_pooling", False)))
             for q in self.hook.control_params)
