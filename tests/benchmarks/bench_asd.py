@@ -41,13 +41,18 @@ UNETS = {
 }
 
 
+def any_size_unet():
+    """As in the WebUI: the U-Net takes latents (and tiles) of any size (its `cat` hijack)."""
+    from modules import sd_hijack_unet
+
+    sd_hijack_unet.apply()
+
+
 def build(args):
     from k_diffusion.external import CompVisDenoiser
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from modules import sd_hijack_unet
-
-    sd_hijack_unet.apply()  # as in the WebUI: the U-Net takes latents (and tiles) of any size
+    any_size_unet()
     torch.manual_seed(0)
     cfg = UNETS[args.unet]
     unet = UNetModel(image_size=64, in_channels=4, out_channels=4, transformer_depth=1,
@@ -185,9 +190,7 @@ def count_work(args):
     """U-Net input area per step ÷ latent area for each mode and size (first step and steady steps)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from modules import sd_hijack_unet
-
-    sd_hijack_unet.apply()  # as in the WebUI: the U-Net takes latents (and tiles) of any size
+    any_size_unet()
     torch.manual_seed(0)
     unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[],
                      num_res_blocks=1, channel_mult=(1, 2), num_head_channels=16, legacy=False).eval()

@@ -118,7 +118,10 @@ def available(http, w, h):
     out, missing = {}, {}
     for name, extra in methods(w, h, 512).items():
         need = "ultimate sd upscale" if "script_name" in extra else next(iter(extra["alwayson_scripts"])).lower()
-        (out if need in names else missing)[name] = extra if need in names else f"no '{need}' script in this WebUI"
+        if need in names:
+            out[name] = extra
+        else:
+            missing[name] = f"no '{need}' script in this WebUI"
     return out, missing
 
 
