@@ -1,11 +1,14 @@
-"""Opt-in U-Net work counter for benchmarks: with ``FREEDIFF_DIAGNOSTICS=1`` in the WebUI's environment, every U-Net
-call of every generation (ours, plain ones, other extensions' tiled ones) is counted by a forward pre-hook, and
-``GET /freediff/v1/diagnostics/unet`` reports the calls and their input shapes since the last
-``DELETE /freediff/v1/diagnostics/unet``. Off (the default): nothing is hooked and the routes do not exist."""
+"""Opt-in U-Net work counter and timer for benchmarks: with ``FREEDIFF_DIAGNOSTICS=1`` in the WebUI's environment,
+every U-Net call of every generation (ours, plain ones, other extensions' tiled ones) is counted by a forward pre-hook and timed
+up to its forward hook, each sampler step is timed from the ``cfg_denoiser`` to the ``cfg_denoised`` callback (the
+U-Net calls plus whatever a tiler does around them), and ``GET /freediff/v1/diagnostics/unet`` reports the calls,
+their input shapes and both times since the last ``DELETE /freediff/v1/diagnostics/unet``. Off (the default):
+nothing is hooked and the routes do not exist."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 from modules import script_callbacks, shared
@@ -20,33 +23,76 @@ def enabled() -> bool:
 class UNetCounter:
     def __init__(self):
         self.shapes: Counter = Counter()
-        self._hooked: dict[int, object] = {}
+        self.seconds = 0.0
+        self.shape_seconds: Counter = Counter()
+        self.step_seconds = 0.0
+        self._step_started: float | None = None
+        self._started: list[tuple] = []  # a stack: a U-Net called inside another's forward is timed on its own
+        self._hooked: dict[int, list] = {}
 
     def attach(self, unet) -> None:
         """Counts ``unet``'s calls (once per U-Net object: a checkpoint change brings a new one)."""
         if unet is None or id(unet) in self._hooked:
             return
         self.detach()
-        self._hooked = {id(unet): unet.register_forward_pre_hook(self._count)}
+        self._hooked = {id(unet): [unet.register_forward_pre_hook(self._count), unet.register_forward_hook(self._stop)]}
 
     def detach(self) -> None:
-        for handle in self._hooked.values():
-            handle.remove()
+        for handles in self._hooked.values():
+            for handle in handles:
+                handle.remove()
         self._hooked = {}
+        self._started = []
 
     def _count(self, module, args):
         x = args[0] if args else None
+        shape = None
         if x is not None and hasattr(x, "shape"):
-            self.shapes[tuple(int(v) for v in x.shape)] += 1
+            shape = tuple(int(v) for v in x.shape)
+            self.shapes[shape] += 1
+            _sync(x)
+        self._started.append((shape, time.perf_counter()))
+
+    def _stop(self, module, args, output):
+        if self._started:
+            _sync(output)
+            shape, started = self._started.pop()
+            elapsed = time.perf_counter() - started
+            self.seconds += elapsed
+            if shape is not None:
+                self.shape_seconds[shape] += elapsed
+
+    def step_started(self, x) -> None:
+        _sync(x)
+        self._step_started = time.perf_counter()
+
+    def step_ended(self, x) -> None:
+        if self._step_started is not None:
+            _sync(x)
+            self.step_seconds += time.perf_counter() - self._step_started
+            self._step_started = None
 
     def report(self) -> dict:
         calls = sum(self.shapes.values())
         cells = sum(n * s[0] * s[-2] * s[-1] for s, n in self.shapes.items())
-        return {"calls": calls, "latent_cells": cells,
-                "shapes": [{"shape": list(s), "calls": n} for s, n in sorted(self.shapes.items())]}
+        return {"calls": calls, "latent_cells": cells, "unet_seconds": round(self.seconds, 4),
+                "step_seconds": round(self.step_seconds, 4),
+                "shapes": [{"shape": list(s), "calls": n, "seconds": round(self.shape_seconds[s], 4)}
+                           for s, n in sorted(self.shapes.items())]}
 
     def reset(self) -> None:
         self.shapes.clear()
+        self.shape_seconds.clear()
+        self.seconds = self.step_seconds = 0.0
+        self._started, self._step_started = [], None
+
+
+def _sync(x) -> None:
+    # a GPU runs ahead of Python: wait for its queue so the time is the U-Net's own
+    if getattr(x, "is_cuda", False):
+        import torch
+
+        torch.cuda.synchronize(x.device)
 
 
 COUNTER = UNetCounter()
@@ -55,6 +101,11 @@ COUNTER = UNetCounter()
 def _on_cfg_denoiser(params) -> None:
     # runs before the U-Net calls of every sampler step, whoever makes them
     COUNTER.attach(getattr(getattr(getattr(shared, "sd_model", None), "model", None), "diffusion_model", None))
+    COUNTER.step_started(params.x)
+
+
+def _on_cfg_denoised(params) -> None:
+    COUNTER.step_ended(params.x)
 
 
 def _on_app_started(demo, app) -> None:
@@ -76,5 +127,7 @@ def register_callbacks() -> None:
         return
     script_callbacks.remove_callbacks_for_function(_on_cfg_denoiser)
     script_callbacks.on_cfg_denoiser(_on_cfg_denoiser, name="freediff_diagnostics")
+    script_callbacks.remove_callbacks_for_function(_on_cfg_denoised)
+    script_callbacks.on_cfg_denoised(_on_cfg_denoised, name="freediff_diagnostics")
     script_callbacks.remove_callbacks_for_function(_on_app_started)
     script_callbacks.on_app_started(_on_app_started, name="freediff_diagnostics")

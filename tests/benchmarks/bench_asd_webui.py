@@ -10,7 +10,13 @@ interleaved round by round so a busy machine slows them alike.
     FREEDIFF_WEBUI_URL=http://127.0.0.1:7861 python tests/benchmarks/bench_asd_webui.py --sizes 1024x1024,1000x600
 
 U-Net work is given as untiled-equivalent steps: total input cells ÷ (CFG batch × latent area × sampler steps), so
-1.00 is every latent cell evaluated once per step. A peer missing from the WebUI is reported and skipped.
+1.00 is every latent cell evaluated once per step. The counter also times the U-Net's forwards and the sampler steps
+(U-Net calls plus the tiler's own work around them), which splits the wall into step time (grows with the steps) and
+the rest (VAE, conditioning, set-up: fixed per image). A run of few steps, affordable on a CPU, is then projected to
+a usual hires pass (``--project-steps``, default 20 × the denoise): rest + step time ÷ sampled steps × projected
+steps. For FSTD that over-counts (its first step costs up to 1.3× a steady one), so the projected ratios lean to the
+peers' side. A peer missing from the WebUI is reported and
+skipped.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ def init_image(w, h):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def methods(w, h, tile_px):
+def methods(w, h, tile_px, tiled_vae="auto"):
     """name → the request's extra fields. Peers at their img2img defaults (the order of their positional args is
     their ``ui()`` return order)."""
     td_defaults = [False, True, w, h,  # overwrite size, keep input size, (unused) width/height
@@ -63,7 +69,8 @@ def methods(w, h, tile_px):
             0, 2048, 2048, 2]  # target size from img2img settings
     return {
         "FSTD (ours)": {"alwayson_scripts": {ASD: {"args": [{"enabled": True, "width": w, "height": h, "tile": tile_px,
-                                                               "offset_range": tile_px // 2, "mode": "implicit"}]}}},
+                                                               "offset_range": tile_px // 2, "mode": "implicit",
+                                                               "tiled_vae": tiled_vae}]}}},
         "Tiled Diffusion MultiDiffusion": {"alwayson_scripts": {"Tiled Diffusion": {"args": [True, "MultiDiffusion", *td_defaults]}}},
         "Tiled Diffusion Mixture of Diffusers": {"alwayson_scripts": {"Tiled Diffusion": {"args": [True, "Mixture of Diffusers", *td_defaults]}}},
         "Ultimate SD Upscale": {"script_name": "ultimate sd upscale", "script_args": usdu},
@@ -109,14 +116,14 @@ def reset_peak(pid):
         f.write("5")  # resets VmHWM to the current RSS
 
 
-def available(http, w, h):
+def available(http, w, h, tiled_vae):
     """The methods this WebUI can run (the extension's counter included), with the reason for the others."""
     scripts = http.get("/sdapi/v1/scripts").json()
     names = {s.lower() for s in scripts.get("img2img", [])}
     if http.get(DIAG).status_code != 200:
         sys.exit(f"{DIAG} is absent: start the WebUI with FREEDIFF_DIAGNOSTICS=1")
     out, missing = {}, {}
-    for name, extra in methods(w, h, 512).items():
+    for name, extra in methods(w, h, 512, tiled_vae).items():
         need = "ultimate sd upscale" if "script_name" in extra else next(iter(extra["alwayson_scripts"])).lower()
         if need in names:
             out[name] = extra
@@ -139,7 +146,13 @@ def run_one(http, pid, payload):
     after = memory(pid) if pid else {}
     peak = after.get("VmHWM", 0) - before.get("VmRSS", 0) if pid else float("nan")
     return {"wall": wall, "calls": work["calls"], "cells": work["latent_cells"], "shapes": work["shapes"],
-            "peak_mib": peak, "image": r.json()["images"][0]}
+            "unet_s": work["unet_seconds"], "step_s": work["step_seconds"], "peak_mib": peak,
+            "image": r.json()["images"][0]}
+
+
+def sampled_steps(steps, denoise):
+    """The WebUI's img2img samples the last int(denoise × steps) + 1 sigmas of the schedule: that many U-Net steps."""
+    return int(min(denoise, 0.999) * steps) + 1
 
 
 def main():
@@ -153,6 +166,8 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated method names to run (default: all available)")
     ap.add_argument("--out", default="", help="a folder for the output images (for a look at seams)")
     ap.add_argument("--checkpoint", default="", help="load this checkpoint (a title or part of one) first")
+    ap.add_argument("--tiled-vae", default="auto", choices=["auto", "on", "off"], help="FSTD's tiled VAE setting")
+    ap.add_argument("--project-steps", type=int, default=20, help="project the wall to this many steps (× denoise)")
     args = ap.parse_args()
     http = client(args.url.rstrip("/"))
     if args.checkpoint:
@@ -168,7 +183,7 @@ def main():
     results = {}
     for size in args.sizes.split(","):
         w, h = (int(v) for v in size.lower().split("x"))
-        todo, missing = available(http, w, h)
+        todo, missing = available(http, w, h, args.tiled_vae)
         if args.only:
             todo = {k: v for k, v in todo.items() if any(o.strip().lower() in k.lower() for o in args.only.split(","))}
         for name, why in missing.items():
@@ -181,31 +196,42 @@ def main():
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # rotate the order each round
                 res = run_one(http, pid, {**base, **todo[name]})
                 results.setdefault((size, name), []).append(res)
-                print(f"  {size} {name}: {res['wall']:.1f} s, {res['calls']} U-Net calls, peak +{res['peak_mib']:.0f} MiB",
-                      flush=True)
+                print(f"  {size} {name}: {res['wall']:.1f} s ({res['step_s']:.1f} s in sampler steps, {res['unet_s']:.1f} s "
+                      f"of it in the U-Net), {res['calls']} U-Net calls, peak +{res['peak_mib']:.0f} MiB", flush=True)
                 if args.out:
                     os.makedirs(args.out, exist_ok=True)
                     with open(os.path.join(args.out, f"{size}-{name.replace(' ', '_')}.png"), "wb") as f:
                         f.write(base64.b64decode(res["image"]))
-    # the WebUI's img2img samples the last int(denoise × steps) + 1 sigmas of the schedule: that many U-Net steps
-    sampled = int(min(args.denoise, 0.999) * args.steps) + 1
-    print(f"\n| output px | method | wall s | ÷ FSTD | U-Net calls | U-Net work (untiled steps ÷ {sampled}) | peak RSS growth MiB |")
-    print("|---|---|---|---|---|---|---|")
+    sampled = sampled_steps(args.steps, args.denoise)
+    projected = sampled_steps(args.project_steps, args.denoise)
+
+    def wall_at(run, steps):
+        return run["wall"] - run["step_s"] + run["step_s"] / sampled * steps
+
+    print(f"\n{sampled} sampled steps measured; projected to {args.project_steps} steps × denoise {args.denoise} = "
+          f"{projected} sampled steps")
+    print(f"| output px | method | wall s | ÷ FSTD | steps s (U-Net s) | rest s | projected wall s | ÷ FSTD | U-Net calls "
+          f"| U-Net work (untiled steps ÷ {sampled}) | peak RSS growth MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         w, h = (int(v) for v in size.lower().split("x"))
         area = -(-w // 8) * -(-h // 8) * 2  # CFG batch: cond + uncond in one call
         ours = results.get((size, "FSTD (ours)"))
-        ours_wall = min(r["wall"] for r in ours) if ours else None
+        best_ours = min(ours, key=lambda r: r["wall"]) if ours else None
         for (s, name), runs in results.items():
             if s != size:
                 continue
-            wall = min(r["wall"] for r in runs)
-            ratio = f"{wall / ours_wall:.2f}" if ours_wall else "–"
+            best = min(runs, key=lambda r: r["wall"])
+            ratio = f"{best['wall'] / best_ours['wall']:.2f}" if best_ours else "–"
+            proj = wall_at(best, projected)
+            proj_ratio = f"{proj / wall_at(best_ours, projected):.2f}" if best_ours else "–"
             work = runs[0]["cells"] / area / max(sampled, 1)
-            print(f"| {size} | {name} | {wall:.1f} | {ratio} | {runs[0]['calls']} | {work:.3f} | {max(r['peak_mib'] for r in runs):.0f} |")
-    print("\nU-Net input shapes per method:")
+            print(f"| {size} | {name} | {best['wall']:.1f} | {ratio} | {best['step_s']:.1f} ({best['unet_s']:.1f}) | "
+                  f"{best['wall'] - best['step_s']:.1f} | {proj:.0f} | {proj_ratio} | {runs[0]['calls']} | {work:.3f} | "
+                  f"{max(r['peak_mib'] for r in runs):.0f} |")
+    print("\nU-Net input shapes per method: [shape, calls, seconds]")
     for (s, name), runs in results.items():
-        print(f"  {s} {name}: " + json.dumps([(x["shape"], x["calls"]) for x in runs[0]["shapes"]]))
+        print(f"  {s} {name}: " + json.dumps([(x["shape"], x["calls"], x["seconds"]) for x in runs[0]["shapes"]]))
 
 
 if __name__ == "__main__":
