@@ -15,8 +15,7 @@ U-Net work is given as untiled-equivalent steps: total input cells ÷ (CFG batch
 the rest (VAE, conditioning, set-up: fixed per image). A run of few steps, affordable on a CPU, is then projected to
 a usual hires pass (``--project-steps``, default 20 × the denoise): rest + step time ÷ sampled steps × projected
 steps. For FSTD that over-counts (its first step costs up to 1.3× a steady one), so the projected ratios lean to the
-peers' side. A peer missing from the WebUI is reported and
-skipped.
+peers' side. A peer missing from the WebUI is reported and skipped.
 """
 
 from __future__ import annotations
