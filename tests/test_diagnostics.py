@@ -28,7 +28,7 @@ def test_counts_every_unet_call_when_enabled(sd1, monkeypatch):
     report = client.get(PATH).json()
     assert report["calls"] == len(seen) == 3  # one batched cond/uncond call a step
     assert report["latent_cells"] == sum(s[0] * s[-2] * s[-1] for s in seen) == 3 * 2 * 8 * 12
-    assert [(r["shape"], r["calls"]) for r in report["shapes"]] == [([2, 4, 12, 8], 3)]
+    assert [(row["shape"], row["calls"]) for row in report["shapes"]] == [([2, 4, 12, 8], 3)]
     assert 0.3 <= report["shapes"][0]["seconds"] == report["unet_seconds"] <= report["step_seconds"] < 60
     assert client.delete(PATH).json() == {"calls": 0, "latent_cells": 0, "unet_seconds": 0.0, "step_seconds": 0.0,
                                           "shapes": []}

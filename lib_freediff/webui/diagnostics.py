@@ -1,9 +1,9 @@
 """Opt-in U-Net work counter and timer for benchmarks: with ``FREEDIFF_DIAGNOSTICS=1`` in the WebUI's environment,
-every U-Net call of every generation (ours, plain ones, other extensions' tiled ones) is counted by a forward pre-hook and timed
-up to its forward hook, each sampler step is timed from the ``cfg_denoiser`` to the ``cfg_denoised`` callback (the
-U-Net calls plus whatever a tiler does around them), and ``GET /freediff/v1/diagnostics/unet`` reports the calls,
-their input shapes and both times since the last ``DELETE /freediff/v1/diagnostics/unet``. Off (the default):
-nothing is hooked and the routes do not exist."""
+every U-Net call of every generation (ours, plain ones, other extensions' tiled ones) is counted by a forward pre-hook
+and timed up to its forward hook, each sampler step is timed from the ``cfg_denoiser`` to the ``cfg_denoised``
+callback (the U-Net calls plus whatever a tiler does around them), and ``GET /freediff/v1/diagnostics/unet`` reports
+the calls, their input shapes and both times since the last ``DELETE /freediff/v1/diagnostics/unet``. Off (the
+default): nothing is hooked and the routes do not exist."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import time
 from collections import Counter
 
+import torch
 from modules import script_callbacks, shared
 
 PATH = "/freediff/v1/diagnostics/unet"
@@ -23,8 +24,7 @@ def enabled() -> bool:
 class UNetCounter:
     def __init__(self):
         self.shapes: Counter = Counter()
-        self.seconds = 0.0
-        self.shape_seconds: Counter = Counter()
+        self.shape_seconds: Counter = Counter()  # keyed like shapes; None for a call without a tensor input
         self.step_seconds = 0.0
         self._step_started: float | None = None
         self._started: list[tuple] = []  # a stack: a U-Net called inside another's forward is timed on its own
@@ -57,10 +57,7 @@ class UNetCounter:
         if self._started:
             _sync(output)
             shape, started = self._started.pop()
-            elapsed = time.perf_counter() - started
-            self.seconds += elapsed
-            if shape is not None:
-                self.shape_seconds[shape] += elapsed
+            self.shape_seconds[shape] += time.perf_counter() - started
 
     def step_started(self, x) -> None:
         _sync(x)
@@ -75,7 +72,7 @@ class UNetCounter:
     def report(self) -> dict:
         calls = sum(self.shapes.values())
         cells = sum(n * s[0] * s[-2] * s[-1] for s, n in self.shapes.items())
-        return {"calls": calls, "latent_cells": cells, "unet_seconds": round(self.seconds, 4),
+        return {"calls": calls, "latent_cells": cells, "unet_seconds": round(sum(self.shape_seconds.values()), 4),
                 "step_seconds": round(self.step_seconds, 4),
                 "shapes": [{"shape": list(s), "calls": n, "seconds": round(self.shape_seconds[s], 4)}
                            for s, n in sorted(self.shapes.items())]}
@@ -83,15 +80,13 @@ class UNetCounter:
     def reset(self) -> None:
         self.shapes.clear()
         self.shape_seconds.clear()
-        self.seconds = self.step_seconds = 0.0
+        self.step_seconds = 0.0
         self._started, self._step_started = [], None
 
 
 def _sync(x) -> None:
     # a GPU runs ahead of Python: wait for its queue so the time is the U-Net's own
     if getattr(x, "is_cuda", False):
-        import torch
-
         torch.cuda.synchronize(x.device)
 
 
