@@ -37,6 +37,8 @@ class Param:
     open_choices: bool = False
     # custom validator run after type coercion: value -> value (raise ValueError with a reason)
     check: Callable[[Any], Any] | None = field(default=None, compare=False)
+    # words accepted for a value, e.g. {"auto": 0}
+    aliases: Mapping[str, Any] | None = None
 
     def coerce(self, feature: str, value: Any) -> Any:
         """Converts ``value`` (from JSON, a form, or infotext text) to this parameter's type, or raises."""
@@ -51,6 +53,8 @@ class Param:
         return value
 
     def _coerce(self, value: Any) -> Any:
+        if self.aliases and isinstance(value, str) and value.strip().lower() in self.aliases:
+            return self.aliases[value.strip().lower()]
         if self.kind == "bool":
             if isinstance(value, bool):
                 return value

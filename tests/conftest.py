@@ -6,7 +6,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUB = os.path.join(ROOT, "tests", "webui_stub")
-for path in (ROOT, STUB):
+# FREEDIFF_HOST=forge: Forge's stand-in (its `backend`, `modules_forge` and the `modules` files Forge changed) first
+FORGE_STUB = os.path.join(ROOT, "tests", "forge_stub")
+HOST = os.environ.get("FREEDIFF_HOST", "a1111")
+for path in (ROOT, STUB, *([FORGE_STUB] if HOST == "forge" else [])):
     if path not in sys.path:
         sys.path.insert(0, path)
 

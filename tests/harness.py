@@ -23,13 +23,17 @@ SCRIPT_FILES = ["freediff_freeu.py", "freediff_asd.py", "freediff_fastcomposer.p
 
 
 CONTROLNET_LIKE = os.path.join(ROOT, "tests", "webui_stub", "controlnet_like.py")
+FORGE_CONTROLNET_LIKE = os.path.join(ROOT, "tests", "forge_stub", "forge_controlnet_like.py")
+FORGE_MULTIDIFFUSION_LIKE = os.path.join(ROOT, "tests", "forge_stub", "forge_multidiffusion_like.py")
+# other extensions' stand-ins, imported by module name so that tests reach the same classes the scripts are made of
+STAND_INS = {CONTROLNET_LIKE: "controlnet_like", FORGE_CONTROLNET_LIKE: "forge_controlnet_like",
+             FORGE_MULTIDIFFUSION_LIKE: "forge_multidiffusion_like"}
 
 
 def load_script_module(filename: str):
-    """A script file of ours by name, or another extension's by its path (the ControlNet stand-in is imported as
-    ``controlnet_like``, so that tests reach the same classes the WebUI's scripts are made of)."""
-    if filename == CONTROLNET_LIKE:
-        return importlib.import_module("controlnet_like")
+    """A script file of ours by name, or another extension's stand-in by its path."""
+    if filename in STAND_INS:
+        return importlib.import_module(STAND_INS[filename])
     path = filename if os.path.isabs(filename) else os.path.join(ROOT, "scripts", filename)
     spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
     module = importlib.util.module_from_spec(spec)

@@ -18,9 +18,25 @@ ANYIO3="$VENV/anyio3"
 if [ ! -f "$ANYIO3/anyio/__init__.py" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$ANYIO3" anyio==3.7.1
 fi
+# Forge's gradio 4 / fastapi 0.104 / pydantic 2 beside the venv's A1111 stack: the Forge leg runs with it first on the path
+FORGE_OVERLAY="$VENV/forge-overlay"
+FORGE_STAMP="$FORGE_OVERLAY/.freediff-requirements"
+if ! cmp -s tests/requirements-forge.txt "$FORGE_STAMP"; then
+  rm -rf "$FORGE_OVERLAY"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$FORGE_OVERLAY" -r tests/requirements-forge.txt
+  cp tests/requirements-forge.txt "$FORGE_STAMP"
+fi
 # the browser test needs Debian's chromium (no browser download is possible); install when missing
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"
 fi
 export GRADIO_ANALYTICS_ENABLED=False
-exec "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+if [ "$#" -gt 0 ]; then  # chosen tests: the A1111 leg, or the Forge leg with FREEDIFF_HOST=forge
+  if [ "${FREEDIFF_HOST:-}" = forge ]; then export PYTHONPATH="$FORGE_OVERLAY${PYTHONPATH:+:$PYTHONPATH}"; fi
+  exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+fi
+# the A1111 leg (stand-in of v1.10.1, gradio 3.41), then the Forge leg (Forge's stand-in, gradio 4.40); both always run
+status=0
+"$VENV/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/forge || status=1
+FREEDIFF_HOST=forge PYTHONPATH="$FORGE_OVERLAY${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" -m pytest tests/forge -q -p no:cacheprovider || status=1
+exit $status

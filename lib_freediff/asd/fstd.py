@@ -386,6 +386,19 @@ def _cut(v: torch.Tensor, boxes: Sequence[TileBox], f: int) -> torch.Tensor:
     return torch.cat([v[:, :, b.y0 * f:b.y1 * f, b.x0 * f:b.x1 * f] for b in boxes])
 
 
+def crops_in_rows(full: torch.Tensor, boxes: Sequence[TileBox], rows: int, scale: int = 1,
+                  single_as_is: bool = True) -> torch.Tensor:
+    """What a tiled call's rows need of a whole-image tensor ``full`` at ``scale``× the latent, with one row or one
+    per image (``rows`` a multiple of that: the row chunks of a tile, cond/uncond, each over the images): the crop of
+    each of the call's tiles laid over the ``rows`` rows of its tile, tile-major. One tile: its crop itself when
+    ``single_as_is`` (the host broadcasts it, as it does its own controls)."""
+    crops = [full[:, :, b.y0 * scale:b.y1 * scale, b.x0 * scale:b.x1 * scale] for b in boxes]
+    if len(crops) == 1 and single_as_is:
+        return crops[0]
+    return torch.cat([c.expand(rows, *c.shape[1:]) if c.shape[0] == 1 else c.repeat(rows // c.shape[0], 1, 1, 1)
+                      for c in crops])
+
+
 def _tile_arg(v, boxes: Sequence[TileBox], B: int, H: int, W: int, rep_cache: Optional[dict] = None):
     """One call argument for a batch of tiles (see :class:`TiledDenoiser`); ``rep_cache`` shares the
     per-tile repetitions of a tensor between chunks of the same size within one call."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lib_freediff.asd.buckets import FEATURE, bucket_set_for, parse_bucket_list
+import math
+
+from lib_freediff.asd.buckets import FAMILY_NATIVE_AREA, FEATURE, bucket_set_for, parse_bucket_list
 from lib_freediff.errors import ParamError
 from lib_freediff.params import Param, ParamSet
 
@@ -30,6 +32,30 @@ def _multiple_of(n: int):
     return check
 
 
+TILE_AUTO = 0
+MIN_TILE = 128
+
+
+def _check_tile(value: int) -> int:
+    if value == TILE_AUTO:
+        return value
+    if value < MIN_TILE:
+        raise ValueError(f"must be at least {MIN_TILE} px, or 0 (auto), got {value}")
+    return _multiple_of(64)(value)
+
+
+def auto_tile(family: str | None) -> int:
+    """The tile size 'auto' takes: the side of the model's native area (SD1.x 512, SD2.x 768, SDXL 1024 px), the
+    size it was trained at (SDXL makes poor images from 512-px tiles)."""
+    return math.isqrt(FAMILY_NATIVE_AREA.get(family or "sd1", FAMILY_NATIVE_AREA["sd1"]))
+
+
+def with_tile(values: Mapping[str, Any], family: str | None) -> dict[str, Any]:
+    """``values`` with ``tile`` as used: 'auto' (0) resolved for the model family."""
+    tile = values["tile"] or auto_tile(family)
+    return {**values, "tile": tile}
+
+
 ASD_PARAMS = ParamSet(
     FEATURE,
     [
@@ -41,7 +67,8 @@ ASD_PARAMS = ParamSet(
               check=_check_buckets),
         Param("mode", "choice", "implicit", "Tiling", choices=list(MODES),
               info="implicit: FSTD, tiles shift randomly every step; explicit: overlapping tiles averaged; none: fixed tiles"),
-        Param("tile", "int", 512, "Tile size (px)", 128, 2048, 64, check=_multiple_of(64)),
+        Param("tile", "int", TILE_AUTO, "Tile size (px)", 0, 2048, 64, check=_check_tile, aliases={"auto": TILE_AUTO},
+              info="0 = auto: the model's native size (512 SD1.x, 768 SD2.x, 1024 SDXL); else a multiple of 64, at least 128"),
         Param("offset_range", "int", 256, "Random offset range (px)", 0, 2048, 8, check=_multiple_of(8),
               info="implicit mode: the grid shifts by up to this much each step"),
         Param("reset_every", "int", 0, "Reset offset every N steps", 0, 1000, 1,
@@ -61,7 +88,7 @@ ASD_PARAMS = ParamSet(
 
 
 def check_values(values: Mapping[str, Any]) -> None:
-    """Cross-field rules, with the field named."""
+    """Cross-field rules, with the field named (``tile`` as used: see :func:`with_tile`)."""
     if values["mode"] == "explicit" and values["overlap"] >= values["tile"]:
         raise ParamError(FEATURE, "overlap", f"must be smaller than the tile ({values['tile']} px)")
     if values["mode"] == "implicit" and values["offset_range"] > values["tile"]:
@@ -79,6 +106,6 @@ def buckets_for(values: Mapping[str, Any], family: str | None):
 
 BUILTIN_PRESETS = {
     # the reference code's schedule: offset reset to (0, 0) every 4th step
-    "ASD paper (FSTD)": {"enabled": True, "mode": "implicit", "tile": 512, "offset_range": 256, "reset_every": 4},
-    "ASD explicit overlap": {"enabled": True, "mode": "explicit", "tile": 512, "overlap": 256},
+    "ASD paper (FSTD)": {"enabled": True, "mode": "implicit", "tile": TILE_AUTO, "offset_range": 256, "reset_every": 4},
+    "ASD explicit overlap": {"enabled": True, "mode": "explicit", "tile": TILE_AUTO, "overlap": 256},
 }

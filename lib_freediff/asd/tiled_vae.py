@@ -397,25 +397,33 @@ def tiled_decode(first_stage_model, z: torch.Tensor, tile_latent: int = 128, pad
     the exact receptive padding, 15 for the SD VAE); ``store_device``: where tile states wait between
     GroupNorms (``"cpu"`` to keep the compute device's memory at one tile).
     """
-    device, dtype = _module_param(first_stage_model.post_quant_conv)
-    z = first_stage_model.post_quant_conv(z.to(device=device, dtype=dtype))
+    device, dtype = _module_param(first_stage_model.decoder)
+    z = z.to(device=device, dtype=dtype)
+    if getattr(first_stage_model, "post_quant_conv", None) is not None:
+        z = first_stage_model.post_quant_conv(z)
     return tiled_decoder_forward(first_stage_model.decoder, z, tile_latent, pad_latent,
                                  store_device=store_device, attn_chunk=attn_chunk)
 
 
 @torch.no_grad()
-def tiled_encode(first_stage_model, x: torch.Tensor, tile_px: int = 1024, pad_px: Optional[int] = None,
-                 *, store_device=None, attn_chunk: Optional[int] = None):
-    """Tiled ``first_stage_model.encode(x)`` for an image ``x`` in [-1, 1], sides multiples of 8.
-
-    Returns what ldm's untiled ``encode`` returns: a ``DiagonalGaussianDistribution`` over the moments
-    (``.mode()``/``.mean`` for the mean, ``.sample()`` to draw as the WebUI's
-    ``get_first_stage_encoding`` does); no sampling or scaling is done here. ``pad_px`` defaults to the
-    exact receptive padding (88 px for the SD VAE).
-    """
-    from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-
-    device, dtype = _module_param(first_stage_model.quant_conv)
+def tiled_encode_moments(first_stage_model, x: torch.Tensor, tile_px: int = 1024, pad_px: Optional[int] = None,
+                         *, store_device=None, attn_chunk: Optional[int] = None) -> torch.Tensor:
+    """The moments (mean and log-variance, after ``quant_conv``) of ``first_stage_model.encode(x)``, computed in
+    tiles of about ``tile_px``, for an image ``x`` in [-1, 1] with sides multiples of 8. ``pad_px`` defaults to the
+    exact receptive padding (88 px for the SD VAE)."""
+    device, dtype = _module_param(first_stage_model.encoder)
     h = tiled_encoder_forward(first_stage_model.encoder, x.to(device=device, dtype=dtype), tile_px, pad_px,
                               store_device=store_device, attn_chunk=attn_chunk)
-    return DiagonalGaussianDistribution(first_stage_model.quant_conv(h))
+    quant_conv = getattr(first_stage_model, "quant_conv", None)
+    return quant_conv(h) if quant_conv is not None else h
+
+
+def tiled_encode(first_stage_model, x: torch.Tensor, tile_px: int = 1024, pad_px: Optional[int] = None,
+                 *, store_device=None, attn_chunk: Optional[int] = None):
+    """Tiled ``first_stage_model.encode(x)`` as ldm's ``AutoencoderKL`` returns it: a ``DiagonalGaussianDistribution``
+    over :func:`tiled_encode_moments` (``.mode()``/``.mean`` for the mean, ``.sample()`` to draw as the WebUI's
+    ``get_first_stage_encoding`` does); no sampling or scaling is done here."""
+    from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+    return DiagonalGaussianDistribution(tiled_encode_moments(first_stage_model, x, tile_px, pad_px,
+                                                             store_device=store_device, attn_chunk=attn_chunk))

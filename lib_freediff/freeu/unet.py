@@ -1,8 +1,13 @@
-"""FreeU attached to a U-Net through forward pre-hooks on its output blocks.
+"""FreeU on a U-Net, in the two forms the hosts take it.
 
-Each output block receives ``cat([backbone, skip])``; a pre-hook rewrites that tensor before the
-block runs. No global function is patched, so FreeU keeps working when another extension (e.g.
-ControlNet) replaces ``UNetModel.forward`` but still calls the output blocks.
+* :class:`FreeUPatch`: forward pre-hooks on the output blocks of an ldm/sgm ``UNetModel`` (AUTOMATIC1111). Each
+  output block receives ``cat([backbone, skip])``; a pre-hook rewrites that tensor before the block runs. No global
+  function is patched, so FreeU keeps working when another extension (e.g. ControlNet) replaces
+  ``UNetModel.forward`` but still calls the output blocks.
+* :class:`FreeUBlockPatch`: an output-block patch ``fn(h, hsp, transformer_options) -> (h, hsp)`` for a U-Net
+  patcher (Forge), called with the backbone and skip before they are concatenated.
+
+Both act on the stages the official code does: backbone of 4× the model's base channels → (b1, s1), 2× → (b2, s2).
 """
 
 from __future__ import annotations
@@ -36,6 +41,21 @@ class FreeUFactors:
         return (self.b1, self.s1) if stage == 1 else (self.b2, self.s2)
 
 
+def stage_of(backbone_channels: int, base_channels: int) -> int | None:
+    """FreeU's stage of a decoder input whose backbone has ``backbone_channels`` (None: not a FreeU stage)."""
+    return {4 * base_channels: 1, 2 * base_channels: 2}.get(int(backbone_channels))
+
+
+def apply_stage(h: torch.Tensor, skip: torch.Tensor, factors: FreeUFactors, stage: int) -> torch.Tensor:
+    """Scales the backbone ``h`` in place and returns the filtered ``skip`` of one FreeU stage."""
+    b, s = factors.for_stage(stage)
+    if b != 1:
+        scale_backbone_(h, b, factors.version)
+    if s != 1:
+        skip = fourier_filter(skip, factors.threshold, s)
+    return skip
+
+
 def find_stages(unet: torch.nn.Module) -> list[FreeUStage]:
     """Output blocks FreeU acts on: backbone 4×model_channels → stage 1, 2× → stage 2 (as the official code)."""
     mc = model_channels(unet)
@@ -46,7 +66,7 @@ def find_stages(unet: torch.nn.Module) -> list[FreeUStage]:
         if not isinstance(total, int):
             continue
         backbone = total - skip
-        stage = {4 * mc: 1, 2 * mc: 2}.get(backbone)
+        stage = stage_of(backbone, mc)
         if stage is not None:
             stages.append(FreeUStage(index, backbone, skip, stage))
     return stages
@@ -66,14 +86,12 @@ class _StageHook:
         cb = self.stage.backbone_channels
         if x.dim() != 4 or x.shape[1] != cb + self.stage.skip_channels:
             return None
-        factors = self.patch.factors
-        b, s = factors.for_stage(self.stage.stage)
         # the cat result belongs to this forward alone, so it can be rewritten in place when no grad is kept
         out = x.clone() if x.requires_grad else x
-        if b != 1:
-            scale_backbone_(out[:, :cb], b, factors.version)
-        if s != 1:
-            out[:, cb:] = fourier_filter(out[:, cb:], factors.threshold, s)
+        skip = out[:, cb:]
+        filtered = apply_stage(out[:, :cb], skip, self.patch.factors, self.stage.stage)
+        if filtered is not skip:
+            skip.copy_(filtered)
         return None if out is x else (out, *args[1:])
 
 
@@ -108,6 +126,28 @@ class FreeUPatch:
 
     def __exit__(self, *exc):
         self.remove()
+
+
+class FreeUBlockPatch:
+    """FreeU as a U-Net patcher's output-block patch (Forge): ``(h, hsp, transformer_options) -> (h, hsp)``.
+
+    ``active`` switches it per step. A patcher deep-copies its options on every clone; the copies must stay this one
+    object, so that the switch reaches the clone that samples.
+    """
+
+    def __init__(self, factors: FreeUFactors, base_channels: int):
+        self.factors = factors
+        self.base_channels = int(base_channels)
+        self.active = True
+
+    def __call__(self, h, hsp, transformer_options):
+        stage = stage_of(h.shape[1], self.base_channels) if self.active and h.dim() == 4 else None
+        if stage is None:
+            return h, hsp
+        return h, apply_stage(h, hsp, self.factors, stage)
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 def attached_hook_count(unet: torch.nn.Module) -> int:

@@ -1,7 +1,7 @@
 """Opt-in U-Net work counter and timer for benchmarks: with ``FREEDIFF_DIAGNOSTICS=1`` in the WebUI's environment,
 every U-Net call of every generation (ours, plain ones, other extensions' tiled ones) is counted by a forward pre-hook
-and timed up to its forward hook, each sampler step is timed from the ``cfg_denoiser`` to the ``cfg_denoised``
-callback (the U-Net calls plus whatever a tiler does around them), and ``GET /freediff/v1/diagnostics/unet`` reports
+and timed up to its forward hook, each sampler step is timed from the ``cfg_denoiser`` to the ``cfg_after_cfg``
+callback (the U-Net calls plus whatever a tiler does around them; Forge has no ``cfg_denoised`` callback), and ``GET /freediff/v1/diagnostics/unet`` reports
 the calls, their input shapes and both times since the last ``DELETE /freediff/v1/diagnostics/unet``. Off (the
 default): nothing is hooked and the routes do not exist."""
 
@@ -14,6 +14,7 @@ from collections import Counter
 import torch
 from modules import script_callbacks, shared
 
+from lib_freediff.webui import host
 PATH = "/freediff/v1/diagnostics/unet"
 
 
@@ -95,11 +96,11 @@ COUNTER = UNetCounter()
 
 def _on_cfg_denoiser(params) -> None:
     # runs before the U-Net calls of every sampler step, whoever makes them
-    COUNTER.attach(getattr(getattr(getattr(shared, "sd_model", None), "model", None), "diffusion_model", None))
+    COUNTER.attach(host.current().unet(getattr(shared, "sd_model", None)))
     COUNTER.step_started(params.x)
 
 
-def _on_cfg_denoised(params) -> None:
+def _on_cfg_after_cfg(params) -> None:
     COUNTER.step_ended(params.x)
 
 
@@ -122,7 +123,7 @@ def register_callbacks() -> None:
         return
     script_callbacks.remove_callbacks_for_function(_on_cfg_denoiser)
     script_callbacks.on_cfg_denoiser(_on_cfg_denoiser, name="freediff_diagnostics")
-    script_callbacks.remove_callbacks_for_function(_on_cfg_denoised)
-    script_callbacks.on_cfg_denoised(_on_cfg_denoised, name="freediff_diagnostics")
+    script_callbacks.remove_callbacks_for_function(_on_cfg_after_cfg)
+    script_callbacks.on_cfg_after_cfg(_on_cfg_after_cfg, name="freediff_diagnostics")
     script_callbacks.remove_callbacks_for_function(_on_app_started)
     script_callbacks.on_app_started(_on_app_started, name="freediff_diagnostics")

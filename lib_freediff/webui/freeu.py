@@ -7,17 +7,11 @@ from typing import Mapping
 from modules import shared
 
 from lib_freediff.freeu.params import AUTO_FAMILY, BUILTIN_PRESETS, CUSTOM, FACTOR_NAMES, FEATURE, FREEU_PARAMS, factors_of, infotext_value, resolve
-from lib_freediff.freeu.unet import FreeUPatch, remove_all_hooks
 from lib_freediff.schedule import in_window, sampler_step
-from lib_freediff.unet_info import model_family
-from lib_freediff.webui import features, runtime
+from lib_freediff.webui import features, host, runtime
 from lib_freediff.webui.overrides import values_with_overrides
 
 FEATURE_SPEC = features.register(features.Feature(FREEU_PARAMS, BUILTIN_PRESETS))
-
-
-def current_unet():
-    return shared.sd_model.model.diffusion_model
 
 
 def values_for(p, args) -> dict | None:
@@ -29,45 +23,39 @@ def values_for(p, args) -> dict | None:
         values["preset"] = CUSTOM
     if not values["enabled"]:
         return None
-    return resolve(values, explicit, model_family(current_unet()), named=named)
+    runtime.check_model(FEATURE, p.sd_model)
+    return resolve(values, explicit, host.current().family(p.sd_model), named=named)
 
 
 class FreeUSession:
+    """FreeU for one generation: the host puts it on the U-Net before each sampling pass and the step schedule
+    switches it on and off."""
+
     def __init__(self, values: dict):
         self.values = values
-        self.patch = None
+        self.freeu = host.current().freeu(factors_of(values))
         self.in_hires = False
-        self.attach()
-
-    def attach(self) -> None:
-        unet = current_unet()
-        if self.patch is not None and self.patch.unet is unet:
-            return
-        if self.patch is not None:
-            self.patch.remove()
-        remove_all_hooks(unet)  # anything an earlier, crashed process left behind
-        self.patch = FreeUPatch(unet, factors_of(self.values)).attach()
-        self.patch.active = self._pass_enabled() and self.values["start"] <= 0
 
     def _pass_enabled(self) -> bool:
         return not self.in_hires or self.values["hires"]
 
+    def before_sampling(self, p) -> None:
+        self.freeu.attach(p)
+        self.freeu.set_active(self._pass_enabled() and self.values["start"] <= 0)
+
     def enter_hires(self) -> None:
         self.in_hires = True
-        self.attach()
-        self.patch.active = self._pass_enabled() and self.values["start"] <= 0
 
     def on_cfg_denoiser(self, params) -> None:
         denoiser = params.denoiser
-        if denoiser is None or self.patch is None:
+        if denoiser is None:
             return
         steps = denoiser.steps or params.total_sampling_steps
         step = sampler_step(denoiser.step, steps, denoiser.total_steps)
-        self.patch.active = self._pass_enabled() and in_window(step, steps, self.values["start"], self.values["end"])
+        self.freeu.set_active(self._pass_enabled() and in_window(step, steps, self.values["start"], self.values["end"]))
 
     def close(self) -> None:
-        if self.patch is not None:
-            self.patch.remove()
+        self.freeu.close()
 
 
 def process(p, args) -> None:
@@ -79,7 +67,7 @@ def process(p, args) -> None:
 
 
 def process_before_every_sampling(p) -> None:
-    runtime.call(FEATURE, "attach")
+    runtime.call(FEATURE, "before_sampling", p)
 
 
 def before_hr(p) -> None:
@@ -92,7 +80,4 @@ def postprocess(p) -> None:
 
 def auto_family_preset() -> str:
     """The family preset "Auto" resolves to for the model loaded now (SD1.5 when none is loaded)."""
-    try:
-        return AUTO_FAMILY.get(model_family(current_unet()) or "", "SD1.5")
-    except AttributeError:
-        return "SD1.5"
+    return AUTO_FAMILY.get(host.current().family(getattr(shared, "sd_model", None)) or "", "SD1.5")

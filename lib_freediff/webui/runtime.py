@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 from modules import script_callbacks
 
 from lib_freediff.errors import FreeDiffError
+from lib_freediff.webui import host
 
 
 class Session(Protocol):
@@ -24,13 +25,6 @@ class Session(Protocol):
 
 _sessions: dict[str, Session] = {}
 _CLOSE_MARK = "_freediff_close_wrapped"
-_after_failure: list[Callable[[object], None]] = []
-
-
-def after_failed_generation(fn: Callable[[object], None]) -> None:
-    """Runs ``fn(p)`` when a generation we took part in raised (for what other extensions leave attached then)."""
-    if fn not in _after_failure:
-        _after_failure.append(fn)
 
 
 def start(feature: str, p, session: Session) -> Session:
@@ -76,12 +70,11 @@ def _hook_close(p) -> None:
         try:
             failed = bool(_sessions)  # postprocess ends every session: one left means the generation raised
             end_all()
-            if failed:
-                for fn in _after_failure:
-                    try:
-                        fn(p)
-                    except Exception:
-                        traceback.print_exc()
+            if failed:  # what other extensions leave attached when a generation raises
+                try:
+                    host.current().after_failure(p)
+                except Exception:
+                    traceback.print_exc()
         finally:
             return original(*args, **kwargs)
 
@@ -138,7 +131,7 @@ class RefusalGate:
     def __init__(self, sd_model, error: FreeDiffError):
         self.error = error
         self._handles = []
-        for module in _gated_modules(sd_model):
+        for module in host.current().gated_modules(sd_model):
             self._handles.append(module.register_forward_pre_hook(self._refuse))
 
     def _refuse(self, module, args):
@@ -153,16 +146,36 @@ class RefusalGate:
         pass
 
 
-def _gated_modules(sd_model):
-    modules = []
-    for name in ("cond_stage_model", "conditioner"):
-        module = getattr(sd_model, name, None)
-        if module is not None and hasattr(module, "register_forward_pre_hook"):
-            modules.append(module)
-    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
-    if unet is not None:
-        modules.append(unet)
-    return modules
+def enabled_peer(p, peers) -> str | None:
+    """The title of another extension's AlwaysOn script in ``peers`` (title → index of its 'enabled' argument)
+    that is on in generation ``p``, or None."""
+    runner = getattr(p, "scripts", None)
+    args = list(getattr(p, "script_args", None) or [])
+    for script in getattr(runner, "alwayson_scripts", None) or []:
+        try:
+            title = script.title()
+        except Exception:
+            continue
+        index = peers.get(title)
+        if index is None or script.args_from is None:
+            continue
+        position = script.args_from + index
+        value = args[position] if position < len(args) else None
+        if isinstance(value, dict):  # an API caller's named form
+            value = value.get("enabled")
+        if value is True or (isinstance(value, str) and value.lower() == "true"):
+            return title
+    return None
+
+
+def check_model(feature: str, sd_model) -> None:
+    """Refuses ``feature`` where it cannot act (host or model), so that it never runs as if it were on."""
+    adapter = host.current()
+    reason = adapter.refusal(feature, sd_model)
+    if reason:
+        title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "short_title", None)
+        what = f" ({title})" if title else ""
+        raise FreeDiffError(f"{feature} cannot run on {adapter.name}{what}: {reason}", feature=feature)
 
 
 def refuse(feature: str, p, error: FreeDiffError) -> None:

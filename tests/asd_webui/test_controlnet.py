@@ -13,7 +13,7 @@ import lib_freediff.webui.asd as asd_glue
 from harness import CONTROLNET_LIKE, SCRIPT_FILES, WebUI, b64_png, make_image, pixels, same_images, unet_fails_at_call
 from lib_freediff.asd.fstd import MODES, TiledDenoiser
 from lib_freediff.webui import runtime
-from lib_freediff.webui.controlnet import ControlNetTiles
+from lib_freediff.webui.a1111.controlnet import ControlNetTiles
 from modules import shared
 from tiny_sd import PointwiseUNet, TinySD
 
@@ -119,7 +119,7 @@ def test_each_tile_gets_its_control(mode, hires):
 def test_without_per_tile_control_the_stand_in_fails_as_controlnet_does(webui, monkeypatch):
     """The stand-in reproduces what the real ControlNet did in the tiler: a crash on the full-size control, and
     IP-Adapter tokens mixed between samples when the tile batch changes the call's batch."""
-    monkeypatch.setattr(asd_glue.ControlNetTiles, "of", classmethod(lambda cls, p, feature: None))
+    monkeypatch.setattr(ControlNetTiles, "of", classmethod(lambda cls, p, feature: None))
     with pytest.raises(RuntimeError, match="must match the size"):
         webui.img2img({ASD: [TARGET], CN: [control()]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
     with pytest.raises(RuntimeError, match=r"shape '\[6, -1, \d+\]' is invalid"):  # first pass batch 2, then 3 tiles a call

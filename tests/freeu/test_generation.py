@@ -27,7 +27,7 @@ def unet():
 def active_per_call(webui, run):
     """FreeU's on/off state at each U-Net forward of a generation."""
     record = []
-    handle = unet().register_forward_pre_hook(lambda m, a: record.append(runtime.get(FREEU).patch.active))
+    handle = unet().register_forward_pre_hook(lambda m, a: record.append(runtime.get(FREEU).freeu.active))
     try:
         run()
     finally:

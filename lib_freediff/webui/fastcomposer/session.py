@@ -79,6 +79,7 @@ def values_for(p, args) -> dict | None:
     values, _, _ = values_with_overrides(FASTCOMPOSER_PARAMS, p, args)
     if not values["enabled"]:
         return None
+    runtime.check_model(FEATURE, p.sd_model)
     return values
 
 

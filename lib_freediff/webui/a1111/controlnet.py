@@ -30,11 +30,12 @@ import copy
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
 
+from lib_freediff.asd.fstd import crops_in_rows
 from lib_freediff.errors import FreeDiffError
 
 SCRIPT_TITLE = "controlnet"
@@ -112,14 +113,6 @@ def _module_name(param) -> str:
 
 def _is_image(t) -> bool:
     return isinstance(t, torch.Tensor) and t.ndim == 4
-
-
-def _tile_rows(crops: Sequence[torch.Tensor], rows: int, single_as_is: bool = True) -> torch.Tensor:
-    """The crops of one call's tiles in its tile-major row layout: each crop repeated for the ``rows`` rows of its
-    tile. One tile: the crop itself (batch 1 broadcasts, as ControlNet's own batch-1 controls do)."""
-    if len(crops) == 1 and single_as_is:
-        return crops[0]
-    return torch.cat([c.expand(rows, *c.shape[1:]) if c.shape[0] == 1 else c for c in crops])
 
 
 @dataclass
@@ -233,18 +226,18 @@ class ControlNetTiles:
             param = unit.param
             local = copy.copy(param)
             if unit.image is not None:
-                hint = _tile_rows([unit.image[:, :, 8 * b.y0:8 * b.y1, 8 * b.x0:8 * b.x1] for b in boxes], rows)
+                hint = crops_in_rows(unit.image, boxes, rows, 8)
                 local._hint_cond = hint
                 local.used_hint_cond = hint
                 if unit.hires:
                     local.hr_hint_cond = hint
                 self._latents(unit)
                 local.used_hint_cond_latent = None if unit.latent is None else \
-                    _tile_rows([unit.latent[:, :, b.y0:b.y1, b.x0:b.x1] for b in boxes], rows, single_as_is=False)
+                    crops_in_rows(unit.latent, boxes, rows, single_as_is=False)
                 local.used_hint_inpaint_hijack = None if unit.inpaint is None else \
-                    _tile_rows([unit.inpaint[:, :, b.y0:b.y1, b.x0:b.x1] for b in boxes], rows, single_as_is=False)
+                    crops_in_rows(unit.inpaint, boxes, rows, single_as_is=False)
                 if unit.mask is not None:
-                    local.effective_region_mask = _tile_rows([unit.mask[:, :, 8 * b.y0:8 * b.y1, 8 * b.x0:8 * b.x1] for b in boxes], rows)
+                    local.effective_region_mask = crops_in_rows(unit.mask, boxes, rows, 8)
             if unit.kind == "T2I_Adapter":
                 model = param.control_model
                 adapters.append((model, model.control, getattr(model, "hint_cond", None)))

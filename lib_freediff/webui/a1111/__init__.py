@@ -1,0 +1,174 @@
+"""AUTOMATIC1111 v1.10.x: where its U-Net, VAE and sampler wrappers are, and how the features attach to them.
+
+FreeU: forward pre-hooks on the U-Net's output blocks, taken off after the generation. Any-Size Diffusion: the
+tiler replaces the CFG denoiser's inner model (``model_wrap``) for the tiled pass, and the VAE's
+``decode``/``encode`` are attributes of that one VAE object for the generation. ControlNet is Mikubill's
+sd-webui-controlnet (:mod:`.controlnet`). A refusal hooks the text encoder and the U-Net.
+"""
+
+from __future__ import annotations
+
+from modules import shared
+
+from lib_freediff.asd.tiled_vae import tiled_decode, tiled_encode
+from lib_freediff.freeu.unet import FreeUPatch, remove_all_hooks
+from lib_freediff.unet_info import model_family
+from lib_freediff.webui.a1111.controlnet import ControlNetTiles, restore_after_failure
+
+NAME = "AUTOMATIC1111"
+# another extension that tiles the U-Net calls: title → the positional index of its 'enabled' argument
+PEER_TILERS = {"Tiled Diffusion": 0}
+
+
+class A1111FreeU:
+    """FreeU's hooks on the loaded U-Net for one generation (re-attached when the checkpoint changes)."""
+
+    def __init__(self, factors):
+        self.factors = factors
+        self.patch: FreeUPatch | None = None
+
+    def attach(self, p) -> None:
+        unet = A1111Host.unet(p.sd_model)
+        if self.patch is not None and self.patch.unet is unet:
+            return
+        self.close()
+        remove_all_hooks(unet)  # anything an earlier, crashed process left behind
+        self.patch = FreeUPatch(unet, self.factors).attach()
+
+    @property
+    def active(self) -> bool:
+        return self.patch is not None and self.patch.active
+
+    def set_active(self, on: bool) -> None:
+        if self.patch is not None:
+            self.patch.active = on
+
+    def close(self) -> None:
+        if self.patch is not None:
+            self.patch.remove()
+            self.patch = None
+
+
+class A1111Tiler:
+    """The tiler in place of the CFG denoiser's inner model for one sampling pass."""
+
+    def __init__(self, p, build, controlnet):
+        self.build, self.controlnet = build, controlnet
+        self.sampler = p.sampler
+        self.cfg = None
+        self.tiler = None
+        self._wrap(p.sampler.model_wrap_cfg)
+
+    def place(self, p) -> None:
+        pass  # the sampler's denoiser keeps the tiler for the whole pass
+
+    def _wrap(self, cfg) -> None:
+        inner = cfg.inner_model
+        # k-diffusion wrappers return x0; the WebUI's timestep samplers (DDIM, PLMS, UniPC) return eps
+        prediction = "x0" if hasattr(inner, "sigma_to_t") else "eps"
+        self.tiler = self.build(inner, prediction, getattr(shared.sd_model, "alphas_cumprod", None))
+        self.tiler.tile_context = self.controlnet
+        cfg.model_wrap = self.tiler
+        self.cfg = (cfg, inner)
+
+    def owns(self, denoiser) -> bool:
+        return self.cfg is not None and denoiser is self.cfg[0]
+
+    def set_step(self, denoiser, step: int, steps: int) -> None:
+        if not self.owns(denoiser):
+            return
+        if denoiser.model_wrap is None:  # the WebUI rebuilt its inner model (refiner switch): wrap again
+            self._wrap(denoiser)
+        self.tiler.set_step(step, steps)
+
+    def close(self) -> None:
+        if self.cfg is not None:
+            cfg, inner = self.cfg
+            if cfg.model_wrap is self.tiler:
+                cfg.model_wrap = inner
+            self.cfg = None
+
+
+class A1111TiledVAE:
+    """``decode``/``encode`` of the loaded VAE replaced for the whole generation (first pass included)."""
+
+    def __init__(self, p, tiles):
+        vae = p.sd_model.first_stage_model
+        self._restore = []
+        original_decode, original_encode = vae.decode, vae.encode
+
+        def decode(z, *args, **kwargs):
+            if args or kwargs or not tiles(z.shape[-2] * 8, z.shape[-1] * 8):
+                return original_decode(z, *args, **kwargs)
+            return tiled_decode(vae, z)
+
+        def encode(x, *args, **kwargs):
+            if args or kwargs or not tiles(x.shape[-2], x.shape[-1]):
+                return original_encode(x, *args, **kwargs)
+            return tiled_encode(vae, x)
+
+        # attributes of this one VAE object for this generation, removed in close()
+        for name, fn in (("decode", decode), ("encode", encode)):
+            self._restore.append((vae, name, vae.__dict__.get(name)))
+            setattr(vae, name, fn)
+
+    def before_sampling(self, p) -> None:
+        pass
+
+    def close(self) -> None:
+        for obj, name, previous in reversed(self._restore):
+            if previous is None:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, previous)
+        self._restore.clear()
+
+
+class A1111Host:
+    name = NAME
+    peer_tilers = PEER_TILERS
+
+    @staticmethod
+    def unet(sd_model):
+        return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+
+    def family(self, sd_model) -> str | None:
+        unet = self.unet(sd_model)
+        return model_family(unet) if unet is not None else None
+
+    def refusal(self, feature: str, sd_model) -> str | None:
+        """Why ``feature`` cannot act on the loaded model (None: it can)."""
+        if getattr(sd_model, "is_sd3", False) or not hasattr(self.unet(sd_model), "output_blocks"):
+            return "it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the loaded checkpoint has none"
+        return None
+
+    def gated_modules(self, sd_model) -> list:
+        modules = []
+        for name in ("cond_stage_model", "conditioner"):
+            module = getattr(sd_model, name, None)
+            if module is not None and hasattr(module, "register_forward_pre_hook"):
+                modules.append(module)
+        unet = self.unet(sd_model)
+        if unet is not None:
+            modules.append(unet)
+        return modules
+
+    def freeu(self, factors) -> A1111FreeU:
+        return A1111FreeU(factors)
+
+    def tiler(self, p, build, controlnet) -> A1111Tiler:
+        return A1111Tiler(p, build, controlnet)
+
+    def tiled_vae(self, p, tiles) -> A1111TiledVAE:
+        """``tiles(height_px, width_px)``: whether an image of that size is decoded/encoded in tiles."""
+        return A1111TiledVAE(p, tiles)
+
+    def controlnet_tiles(self, p, feature: str):
+        return ControlNetTiles.of(p, feature)
+
+    def after_failure(self, p) -> None:
+        restore_after_failure(p)
+
+    @staticmethod
+    def device():
+        return getattr(shared, "device", None)

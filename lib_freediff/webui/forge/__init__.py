@@ -1,0 +1,189 @@
+"""Forge (lllyasviel/stable-diffusion-webui-forge, its ``backend`` since 2024-08): the features on its U-Net patcher.
+
+Forge samples through ``p.sd_model.forge_objects``, which it resets from ``forge_objects_after_applying_lora``
+before each sampling pass, then calls ``process_before_every_sampling`` (in the hires pass once more before the
+reset, so patches must be safe to apply twice). Each feature therefore puts its patch on a clone of that pass's
+patcher, as Forge's own FreeU and MultiDiffusion do: FreeU as an output-block patch, Any-Size Diffusion's tiler as
+the U-Net function wrapper (:mod:`.tiling`), the tiled VAE as the VAE patcher's decode/encode wrappers. Nothing
+is put on the shared U-Net; at the end each feature puts back the object it cloned (the next pass starts from
+Forge's own objects anyway, but an img2img's init image is encoded before that reset).
+"""
+
+from __future__ import annotations
+
+from backend import memory_management
+
+from lib_freediff.asd.tiled_vae import tiled_decode, tiled_encode_moments
+from lib_freediff.freeu.unet import FreeUBlockPatch
+from lib_freediff.unet_info import model_channels
+from lib_freediff.webui.forge.controlnet import ForgeControlNetTiles
+from lib_freediff.webui.forge.tiling import ForgeTiler, KeptOnClone
+
+NAME = "Forge"
+PEER_TILERS = {"MultiDiffusion Integrated": 0}
+FASTCOMPOSER = "FastComposer"
+
+
+class Placed:
+    """One clone a feature put on ``forge_objects`` in place of ``original``. ``restore`` puts the original back if the
+    clone, or a later clone of it (another extension's patch on top), is still there: ``carries(obj)`` tells."""
+
+    def __init__(self, objects, attr: str, original, clone, carries):
+        self.objects, self.attr, self.original, self.clone, self.carries = objects, attr, original, clone, carries
+        setattr(objects, attr, clone)
+
+    def restore(self) -> None:
+        current = getattr(self.objects, self.attr, None)
+        if current is self.clone or (current is not None and self.carries(current)):
+            setattr(self.objects, self.attr, self.original)
+
+
+def _output_block_patches(unet) -> list:
+    return unet.model_options.get("transformer_options", {}).get("patches", {}).get("output_block_patch", [])
+
+
+class ForgeFreeU:
+    """FreeU as an output-block patch on a clone of each pass's U-Net patcher."""
+
+    def __init__(self, factors):
+        self.factors = factors
+        self.patch: FreeUBlockPatch | None = None
+        self.placed: list[Placed] = []
+
+    def attach(self, p) -> None:
+        objects = p.sd_model.forge_objects
+        unet = objects.unet
+        if self.patch is None:
+            diffusion_model = unet.model.diffusion_model
+            base = getattr(diffusion_model, "config", {}).get("model_channels") or model_channels(diffusion_model)
+            self.patch = FreeUBlockPatch(self.factors, base)
+        if self._carries(unet):
+            return  # the hires pass's call before Forge's reset: already on
+        clone = unet.clone()
+        clone.set_model_output_block_patch(self.patch)
+        self.placed.append(Placed(objects, "unet", unet, clone, self._carries))
+
+    def _carries(self, unet) -> bool:
+        return any(patch is self.patch for patch in _output_block_patches(unet))
+
+    @property
+    def active(self) -> bool:
+        return self.patch is not None and self.patch.active
+
+    def set_active(self, on: bool) -> None:
+        if self.patch is not None:
+            self.patch.active = on
+
+    def close(self) -> None:
+        for placed in reversed(self.placed):
+            placed.restore()
+        self.placed.clear()
+        self.set_active(False)  # a patcher kept elsewhere samples without FreeU from now on
+
+
+class ForgeTiledVAE:
+    """The VAE patcher's decode/encode wrappers on a clone of the pass's VAE: our tiled VAE above the threshold."""
+
+    def __init__(self, p, tiles):
+        self.tiles = tiles
+        self.decode, self.encode = KeptOnClone(self._decode), KeptOnClone(self._encode)
+        self.placed: list[Placed] = []
+        self.before_sampling(p)  # img2img encodes its init images before the first pass
+
+    def before_sampling(self, p) -> None:
+        objects = p.sd_model.forge_objects
+        vae = objects.vae
+        if self._carries(vae):
+            return
+        clone = vae.clone()
+        clone.patcher.set_model_vae_decode_wrapper(self.decode)
+        clone.patcher.set_model_vae_encode_wrapper(self.encode)
+        self.placed.append(Placed(objects, "vae", vae, clone, self._carries))
+
+    def _carries(self, vae) -> bool:
+        return vae.patcher.model_options.get("model_vae_decode_wrapper") is self.decode
+
+    def _decode(self, decode_inner, samples):
+        """``samples`` as Forge's VAE decodes them (scaled latents, channels first); pixels in [0, 1], channels last."""
+        if not self.tiles(samples.shape[-2] * 8, samples.shape[-1] * 8):
+            return decode_inner(samples)
+        vae = decode_inner.__self__  # the VAE object decoding now
+        memory_management.load_model_gpu(vae.patcher)
+        pixels = tiled_decode(vae.first_stage_model, samples.to(device=vae.device, dtype=vae.vae_dtype))
+        return ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).to(vae.output_device).movedim(1, -1)
+
+    def _encode(self, encode_inner, pixel_samples):
+        """``pixel_samples`` in [0, 1], channels last; the latent as Forge's VAE gives it."""
+        if not self.tiles(pixel_samples.shape[1], pixel_samples.shape[2]):
+            return encode_inner(pixel_samples)
+        from backend.nn.vae import DiagonalGaussianDistribution
+
+        vae = encode_inner.__self__
+        memory_management.load_model_gpu(vae.patcher)
+        x = (2.0 * pixel_samples.movedim(-1, 1) - 1.0).to(device=vae.device, dtype=vae.vae_dtype)
+        posterior = DiagonalGaussianDistribution(tiled_encode_moments(vae.first_stage_model, x))
+        regulation = vae.patcher.model_options.get("model_vae_regulation")
+        latent = regulation(posterior) if regulation is not None else posterior.sample()
+        return latent.to(vae.output_device).float()
+
+    def close(self) -> None:
+        for placed in reversed(self.placed):
+            placed.restore()
+        self.placed.clear()
+
+
+class ForgeHost:
+    name = NAME
+    peer_tilers = PEER_TILERS
+
+    @staticmethod
+    def unet(sd_model):
+        patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+        return getattr(getattr(patcher, "model", None), "diffusion_model", None)
+
+    @staticmethod
+    def family(sd_model) -> str | None:
+        for attr, family in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+            if getattr(sd_model, attr, False):
+                return family
+        return None
+
+    def refusal(self, feature: str, sd_model) -> str | None:
+        """Why ``feature`` cannot act on the loaded model (None: it can)."""
+        if feature == FASTCOMPOSER:
+            return "FastComposer is not available on Forge yet (it is on AUTOMATIC1111 v1.10)"
+        if self.family(sd_model) is None:
+            kind = type(sd_model).__name__ if sd_model is not None else "no model"
+            return (f"it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the loaded checkpoint is {kind} "
+                    "(Flux, SD3 and other transformer models have no U-Net)")
+        return None
+
+    def gated_modules(self, sd_model) -> list:
+        """The text encoders as Forge runs them (its text engines call each encoder's ``transformer``) and the U-Net."""
+        modules = []
+        clip = getattr(getattr(getattr(sd_model, "forge_objects", None), "clip", None), "cond_stage_model", None)
+        for encoder in (clip.children() if clip is not None else ()):
+            modules.append(getattr(encoder, "transformer", encoder))
+        unet = self.unet(sd_model)
+        if unet is not None:
+            modules.append(unet)
+        return modules
+
+    def freeu(self, factors) -> ForgeFreeU:
+        return ForgeFreeU(factors)
+
+    def tiler(self, p, build, controlnet) -> ForgeTiler:
+        return ForgeTiler(p, build, controlnet)
+
+    def tiled_vae(self, p, tiles) -> ForgeTiledVAE:
+        return ForgeTiledVAE(p, tiles)
+
+    def controlnet_tiles(self, p, feature: str):
+        return ForgeControlNetTiles.of(p, feature)
+
+    def after_failure(self, p) -> None:
+        pass  # Forge's ControlNet and ours patch per-pass clones: nothing is left on shared objects
+
+    @staticmethod
+    def device():
+        return memory_management.get_torch_device()

@@ -1,0 +1,51 @@
+"""Which WebUI we run in, and its adapter.
+
+The features' WebUI code (panels, API, infotext, sessions) is shared; what differs between hosts (where the
+U-Net is, how FreeU and the tiler are put on it, the VAE, the host's ControlNet, what to hook to refuse a
+generation) lives in one adapter per host: :mod:`lib_freediff.webui.a1111` for AUTOMATIC1111 v1.10.x and
+:mod:`lib_freediff.webui.forge` for Forge (its ``backend`` since 2024-08). Hosts on the older ``ldm_patched``
+backend (reForge, Forge Classic) run U-Net blocks without calling them as modules, so hooks would silently do
+nothing there: :mod:`lib_freediff.webui.unsupported` refuses every feature on them instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+A1111 = "A1111"
+FORGE = "Forge"
+LDM_PATCHED = "ldm_patched"
+
+_adapter = None
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def detect() -> str:
+    """The host kind, from what the WebUI ships: Forge has ``backend`` and ``modules_forge``; reForge and Forge
+    Classic have ``ldm_patched``; AUTOMATIC1111 has neither."""
+    if _importable("modules_forge") and _importable("backend"):
+        return FORGE
+    if _importable("ldm_patched"):
+        return LDM_PATCHED
+    return A1111
+
+
+def current():
+    """The adapter of the host we run in (chosen once, at first use)."""
+    global _adapter
+    if _adapter is None:
+        kind = detect()
+        if kind == FORGE:
+            from lib_freediff.webui.forge import ForgeHost as Adapter
+        elif kind == LDM_PATCHED:
+            from lib_freediff.webui.unsupported import LdmPatchedHost as Adapter
+        else:
+            from lib_freediff.webui.a1111 import A1111Host as Adapter
+        _adapter = Adapter()
+    return _adapter

@@ -1,0 +1,30 @@
+"""The Forge leg: these tests run with ``FREEDIFF_HOST=forge`` (Forge's stand-in on the path, gradio 4 and Forge's
+API stack from the overlay that ``tests/run_tests.sh`` builds); the A1111 leg skips them."""
+
+import os
+
+import pytest
+
+if os.environ.get("FREEDIFF_HOST") != "forge":
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(scope="module")
+def forge_sd1():
+    from forge_sd import ForgeTinySD
+
+    return ForgeTinySD("sd1", context_dim=64)
+
+
+@pytest.fixture(scope="module")
+def webui(forge_sd1):
+    from harness import WebUI
+
+    return WebUI(sd_model=forge_sd1)
+
+
+@pytest.fixture(scope="module")
+def bare(forge_sd1):
+    from harness import WebUI
+
+    return WebUI(script_files=[], sd_model=forge_sd1)

@@ -1,0 +1,1 @@
+"""Forge's ``modules_forge`` (present: the WebUI is Forge)."""
