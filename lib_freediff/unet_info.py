@@ -47,3 +47,32 @@ def model_family(unet: torch.nn.Module) -> str | None:
     if ctx == 768:
         return "sd1"
     return None
+
+
+def family_from_shapes(shapes) -> str | None:
+    """A checkpoint's family from its tensor names and shapes (``{name: shape}``), as a single-file checkpoint has them:
+    "flux" and "sd3" (transformers, no U-Net) by their blocks, else the U-Net's cross-attention width (768 SD1.x, 1024
+    SD2.x, 2048 SDXL, 1280 the SDXL refiner); None when it cannot tell."""
+    names = list(shapes)
+    if any("double_blocks." in n for n in names):
+        return "flux"
+    if any("joint_blocks." in n for n in names):
+        return "sd3"
+    for name in names:
+        if name.endswith("attn2.to_k.weight") and len(shapes[name]) == 2:
+            return {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl"}.get(int(shapes[name][1]))
+    return None
+
+
+def checkpoint_family(path: str) -> str | None:
+    """The family of a ``.safetensors`` checkpoint read from its header (no weights loaded); None for other formats,
+    unreadable files, or when the names do not tell."""
+    if not str(path).lower().endswith(".safetensors"):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return family_from_shapes({name: f.get_slice(name).get_shape() for name in f.keys()})
+    except Exception:
+        return None

@@ -47,13 +47,13 @@ def plan_for(values: Mapping, family: str | None = None):
     return plan_any_size(values["width"], values["height"], buckets_for(values, family or loaded_family()), max_pixels(), values["tile"])
 
 
-def values_for(p, args) -> dict | None:
-    """This generation's values with ``tile`` as used, or None when the feature is off."""
+def values_for(p, args, family: str | None) -> dict | None:
+    """This generation's values with ``tile`` as used for a checkpoint of ``family``, or None when the feature is off."""
     values, _, _ = values_with_overrides(ASD_PARAMS, p, args)
     if not values["enabled"]:
         return None
-    runtime.check_model(FEATURE, p.sd_model)
-    values = with_tile(values, host.current().family(p.sd_model))
+    runtime.check_model(FEATURE, p, family)
+    values = with_tile(values, family)
     check_values(values)
     peer = runtime.enabled_peer(p, host.current().peer_tilers)
     if peer:
@@ -100,11 +100,11 @@ class ASDSession:
     """Any-Size Diffusion for one generation: sizes set on ``p``, the host's tiler on the tiled pass, the host's
     VAE in tiles above the threshold, each image cropped to the target."""
 
-    def __init__(self, p, values: dict, is_img2img: bool):
+    def __init__(self, p, values: dict, is_img2img: bool, family: str | None):
         self.adapter = host.current()
         self.values = values
         self.is_img2img = is_img2img
-        self.plan = plan_for(values, self.adapter.family(p.sd_model))
+        self.plan = plan_for(values, family)
         self.tiler = None
         self.controlnet = None
         self._seed = 0
@@ -118,6 +118,7 @@ class ASDSession:
             p.width, p.height = plan.render
             return
         p.width, p.height = plan.first_pass
+        self.adapter.prepare_hires(p, turned_on=not p.enable_hr)
         p.enable_hr = True
         p.hr_scale = plan.upscale
         p.hr_resize_x, p.hr_resize_y = plan.render
@@ -191,10 +192,11 @@ class ASDSession:
 
 
 def before_process(p, args, is_img2img: bool) -> None:
-    values = values_for(p, args)
+    family = host.upcoming_family(p)  # before_process: the generation's checkpoint may not be loaded yet
+    values = values_for(p, args, family)
     if values is None:
         return
-    session = ASDSession(p, values, is_img2img)
+    session = ASDSession(p, values, is_img2img, family)
     p.extra_generation_params[ASD_PARAMS.infotext_key] = infotext_value(values)
     runtime.start(FEATURE, p, session)
 

@@ -23,8 +23,9 @@ def values_for(p, args) -> dict | None:
         values["preset"] = CUSTOM
     if not values["enabled"]:
         return None
-    runtime.check_model(FEATURE, p.sd_model)
-    return resolve(values, explicit, host.current().family(p.sd_model), named=named)
+    family = host.current().family(p.sd_model)  # process: the generation's checkpoint is loaded
+    runtime.check_model(FEATURE, p, family)
+    return resolve(values, explicit, family, named=named)
 
 
 class FreeUSession:

@@ -49,3 +49,20 @@ def current():
             from lib_freediff.webui.a1111 import A1111Host as Adapter
         _adapter = Adapter()
     return _adapter
+
+
+UNET_FAMILIES = ("sd1", "sd2", "sdxl")
+
+
+def upcoming_family(p) -> str | None:
+    """The family of the checkpoint generation ``p`` will run. Before ``process``, an API request's
+    ``override_settings`` checkpoint (and on Forge, a checkpoint chosen in the UI) is not loaded yet: its family is
+    read from the file's header then; otherwise it is the loaded model's."""
+    from lib_freediff.unet_info import checkpoint_family
+
+    adapter = current()
+    info = adapter.upcoming_checkpoint(p)
+    loaded = getattr(getattr(p.sd_model, "sd_checkpoint_info", None), "filename", None)
+    if info is None or getattr(info, "filename", None) in (None, loaded):
+        return adapter.family(p.sd_model)
+    return checkpoint_family(info.filename) or adapter.family(p.sd_model)

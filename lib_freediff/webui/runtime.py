@@ -168,14 +168,13 @@ def enabled_peer(p, peers) -> str | None:
     return None
 
 
-def check_model(feature: str, sd_model) -> None:
-    """Refuses ``feature`` where it cannot act (host or model), so that it never runs as if it were on."""
+def check_model(feature: str, p, family: str | None) -> None:
+    """Refuses ``feature`` where it cannot act (host, or a checkpoint of ``family``), so that it never runs as if it
+    were on."""
     adapter = host.current()
-    reason = adapter.refusal(feature, sd_model)
+    reason = adapter.refusal(feature, p.sd_model, family)
     if reason:
-        title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "short_title", None)
-        what = f" ({title})" if title else ""
-        raise FreeDiffError(f"{feature} cannot run on {adapter.name}{what}: {reason}", feature=feature)
+        raise FreeDiffError(f"{feature} cannot run on {adapter.name}: {reason}", feature=feature)
 
 
 def refuse(feature: str, p, error: FreeDiffError) -> None:

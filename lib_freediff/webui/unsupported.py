@@ -17,7 +17,7 @@ class LdmPatchedHost(A1111Host):
     name = NAME
     peer_tilers: dict = {}
 
-    def refusal(self, feature: str, sd_model) -> str | None:
+    def refusal(self, feature: str, sd_model, family: str | None) -> str | None:
         return ("this WebUI runs the U-Net through ldm_patched, which sd-webui-freediff does not support yet; it "
                 "supports AUTOMATIC1111 v1.10.x and Forge (lllyasviel/stable-diffusion-webui-forge)")
 

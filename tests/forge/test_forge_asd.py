@@ -76,6 +76,26 @@ def test_txt2img_exact_size_and_only_the_second_pass_tiled(webui, forge_sd1, til
     assert len(tilers) == 1 and {h.step for h in tilers[0].history} == {0, 1, 2}
 
 
+def test_hires_fields_forge_leaves_unset_in_the_api_take_the_first_pass(webui, forge_sd1):
+    """Through Forge's API the hires fix has CFG 1.0 and no modules list unless given (a TypeError in Forge's hires
+    pass): turned on by Any-Size Diffusion, the pass takes the first pass's CFG and modules."""
+    scales = []
+    from modules import script_callbacks
+
+    def record(params):
+        scales.append((params.denoiser.p.is_hr_pass, params.denoiser.p.hr_cfg if params.denoiser.p.is_hr_pass else params.denoiser.p.cfg_scale))
+
+    client = webui.api_client()  # activates the WebUI's callbacks: ours go on top
+    script_callbacks.on_cfg_denoiser(record)
+    try:
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "cfg_scale": 5.5,
+                                                               "alwayson_scripts": {ASD: {"args": [TARGET]}}})
+    finally:
+        script_callbacks.remove_callbacks_for_function(record)
+    assert r.status_code == 200, r.text
+    assert {hr for hr, _ in scales} == {False, True} and {cfg for _, cfg in scales} == {5.5}
+
+
 def test_odd_target_img2img_and_tiled_vae(webui, forge_sd1, monkeypatch):
     decoded, encoded = [], []
     from lib_freediff.webui import forge as forge_host
@@ -260,7 +280,7 @@ def test_api_txt2img_and_img2img_with_controlnet(cn_webui):
                                                 "denoising_strength": 0.5, "alwayson_scripts": {ASD: {"args": [TARGET]}}})
     assert r.status_code == 200 and image_from_b64(r.json()["images"][0]).size == (200, 120)
     bad = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {ASD: {"args": [{"enabled": True, "width": -5}]}}})
-    assert bad.status_code == 422 and bad.json()["body"] == {"feature": ASD, "param": "width"}
+    assert bad.status_code == 422 and bad.json()["detail"].startswith(f"{ASD}: parameter 'width':")
 
 
 def test_unet_work_per_step(webui, forge_sd1, tilers):

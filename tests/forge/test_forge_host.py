@@ -10,4 +10,4 @@ def test_fastcomposer_is_refused_on_forge_naming_why(forge_sd1):
         "prompt": "a man img", "steps": 2, "width": 64, "height": 64,
         "alwayson_scripts": {"FastComposer": {"args": [{"enabled": True}]}}})
     assert r.status_code == 422, r.text
-    assert "FastComposer cannot run on Forge" in r.json()["detail"] and r.json()["body"] == {"feature": "FastComposer"}
+    assert r.json()["detail"].startswith("FastComposer cannot run on Forge")

@@ -133,13 +133,22 @@ class A1111Host:
         return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
 
     def family(self, sd_model) -> str | None:
+        if getattr(sd_model, "is_sd3", False):
+            return "sd3"
         unet = self.unet(sd_model)
         return model_family(unet) if unet is not None else None
 
-    def refusal(self, feature: str, sd_model) -> str | None:
-        """Why ``feature`` cannot act on the loaded model (None: it can)."""
-        if getattr(sd_model, "is_sd3", False) or not hasattr(self.unet(sd_model), "output_blocks"):
-            return "it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the loaded checkpoint has none"
+    @staticmethod
+    def upcoming_checkpoint(p):
+        """The checkpoint an API request's ``override_settings`` loads after ``before_process`` (None: the loaded one)."""
+        from modules import sd_models
+
+        return sd_models.checkpoint_aliases.get((getattr(p, "override_settings", None) or {}).get("sd_model_checkpoint"))
+
+    def refusal(self, feature: str, sd_model, family: str | None) -> str | None:
+        """Why ``feature`` cannot act on a checkpoint of ``family`` (None: it can)."""
+        if family not in (None, "sd1", "sd2", "sdxl") or (family is None and not hasattr(self.unet(sd_model), "output_blocks")):
+            return f"it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the checkpoint is {family or 'none of them'}"
         return None
 
     def gated_modules(self, sd_model) -> list:
@@ -162,6 +171,9 @@ class A1111Host:
     def tiled_vae(self, p, tiles) -> A1111TiledVAE:
         """``tiles(height_px, width_px)``: whether an image of that size is decoded/encoded in tiles."""
         return A1111TiledVAE(p, tiles)
+
+    def prepare_hires(self, p, turned_on: bool) -> None:
+        pass  # v1.10's hires fix takes its sampler, prompts and CFG from the first pass when left unset
 
     def controlnet_tiles(self, p, feature: str):
         return ControlNetTiles.of(p, feature)

@@ -40,7 +40,7 @@ from lib_freediff.fastcomposer.model import FEATURE
 from lib_freediff.fastcomposer.params import FASTCOMPOSER_PARAMS, INFOTEXT_KEY, MAX_IMAGES, image_hash, infotext_value
 from lib_freediff.schedule import sampler_step
 from lib_freediff.unet_info import context_dim
-from lib_freediff.webui import runtime
+from lib_freediff.webui import host, runtime
 from lib_freediff.webui.fastcomposer.layout import Layout, check_prompts, text_layout
 from lib_freediff.webui.fastcomposer.models import (CACHE, check_sd_model, file_hash, has_fastcomposer_unet,
                                                     model_file_message, model_title, resolve_model, unet_of)
@@ -79,7 +79,7 @@ def values_for(p, args) -> dict | None:
     values, _, _ = values_with_overrides(FASTCOMPOSER_PARAMS, p, args)
     if not values["enabled"]:
         return None
-    runtime.check_model(FEATURE, p.sd_model)
+    runtime.check_model(FEATURE, p, host.current().family(p.sd_model))
     return values
 
 

@@ -143,18 +143,29 @@ class ForgeHost:
 
     @staticmethod
     def family(sd_model) -> str | None:
-        for attr, family in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+        for attr, family in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1"), ("is_sd3", "sd3")):
             if getattr(sd_model, attr, False):
                 return family
-        return None
+        name = type(sd_model).__name__.lower()
+        return next((f for f in ("flux", "chroma") if f in name), None)
 
-    def refusal(self, feature: str, sd_model) -> str | None:
-        """Why ``feature`` cannot act on the loaded model (None: it can)."""
+    @staticmethod
+    def upcoming_checkpoint(p):
+        """The checkpoint Forge loads after ``before_process``: an API request's override, else the one chosen in the
+        UI (Forge loads it at the next generation, not when it is chosen)."""
+        from modules import sd_models
+
+        override = (getattr(p, "override_settings", None) or {}).get("sd_model_checkpoint")
+        chosen = (getattr(sd_models.model_data, "forge_loading_parameters", None) or {}).get("checkpoint_info")
+        return sd_models.checkpoint_aliases.get(override) or chosen
+
+    def refusal(self, feature: str, sd_model, family: str | None) -> str | None:
+        """Why ``feature`` cannot act on a checkpoint of ``family`` (None: it can)."""
         if feature == FASTCOMPOSER:
             return "FastComposer is not available on Forge yet (it is on AUTOMATIC1111 v1.10)"
-        if self.family(sd_model) is None:
-            kind = type(sd_model).__name__ if sd_model is not None else "no model"
-            return (f"it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the loaded checkpoint is {kind} "
+        if family not in ("sd1", "sd2", "sdxl"):
+            kind = family or (type(sd_model).__name__ if sd_model is not None else "no model")
+            return (f"it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the checkpoint is {kind} "
                     "(Flux, SD3 and other transformer models have no U-Net)")
         return None
 
@@ -177,6 +188,16 @@ class ForgeHost:
 
     def tiled_vae(self, p, tiles) -> ForgeTiledVAE:
         return ForgeTiledVAE(p, tiles)
+
+    def prepare_hires(self, p, turned_on: bool) -> None:
+        """Forge's hires fix has fields of its own: its CFG (``hr_cfg``, 1.0 by default in the API: the hires pass
+        would drop the negative prompt) and the modules to load for it (None breaks the pass). When we turn the hires
+        fix on, the pass takes the first pass's CFG and modules, as a hires fix the user left alone."""
+        if turned_on:
+            p.hr_cfg = p.cfg_scale
+            p.hr_distilled_cfg = getattr(p, "distilled_cfg_scale", getattr(p, "hr_distilled_cfg", 3.5))
+        if getattr(p, "hr_additional_modules", None) is None:
+            p.hr_additional_modules = ["Use same choices"]
 
     def controlnet_tiles(self, p, feature: str):
         return ForgeControlNetTiles.of(p, feature)

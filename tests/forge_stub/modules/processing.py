@@ -15,6 +15,17 @@ def reset_forge_objects(sd_model, after_lora=True):
     sd_model.forge_objects = (sd_model.forge_objects_after_applying_lora if after_lora else sd_model.forge_objects_original).shallow_copy()
 
 
+_a1111_txt2img_init = StableDiffusionProcessingTxt2Img.__init__
+
+
+def _txt2img_init(self, hr_checkpoint_name=None, hr_additional_modules=None, hr_cfg=1.0, hr_distilled_cfg=3.5,
+                  distilled_cfg_scale=3.5, **kwargs):
+    """Forge's hires fields, with its dataclass defaults (what an API request that leaves them out gets)."""
+    _a1111_txt2img_init(self, **kwargs)
+    self.hr_checkpoint_name, self.hr_additional_modules = hr_checkpoint_name, hr_additional_modules
+    self.hr_cfg, self.hr_distilled_cfg, self.distilled_cfg_scale = hr_cfg, hr_distilled_cfg, distilled_cfg_scale
+
+
 def process_images_inner(p):  # noqa: F811 (Forge's)
     seed = p.seed if p.seed not in (None, -1) else 1234
     p.setup_prompts()
@@ -70,6 +81,8 @@ def _txt2img_sample(self, conditioning, unconditional_conditioning, seeds, subse
     samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning, image_conditioning=self.image_conditioning_zeros(x))
     if not self.enable_hr:
         return samples
+    if hasattr(self, 'hr_additional_modules') and 'Use same choices' not in self.hr_additional_modules:
+        pass  # Forge reloads the model with these modules for the hires pass (a TypeError when they are None)
     return self.sample_hr_pass(samples, None, seeds, subseeds, subseed_strength, prompts)
 
 
@@ -118,6 +131,7 @@ def _img2img_sample(self, conditioning, unconditional_conditioning, seeds, subse
     return samples
 
 
+StableDiffusionProcessingTxt2Img.__init__ = _txt2img_init
 StableDiffusionProcessingTxt2Img.sample = _txt2img_sample
 StableDiffusionProcessingTxt2Img.sample_hr_pass = _sample_hr_pass
 StableDiffusionProcessingImg2Img.img2img_image_conditioning = _img2img_image_conditioning

@@ -32,6 +32,8 @@ class CFGDenoiser(torch.nn.Module):
             raise sd_samplers_common.InterruptedException
         denoiser_params = CFGDenoiserParams(x, image_cond, sigma, state.sampling_step, state.sampling_steps, cond, uncond, self)
         cfg_denoiser_callback(denoiser_params)
+        if self.p.is_hr_pass:  # Forge's hires pass has a CFG of its own
+            cond_scale = self.p.hr_cfg
         denoised, cond_pred, uncond_pred = sampling_function(self, denoiser_params=denoiser_params, cond_scale=cond_scale)
         if self.mask is not None:
             denoised = denoised * self.nmask + self.init_latent * self.mask

@@ -1,0 +1,21 @@
+"""On Forge the checkpoint chosen in the UI loads at the next generation, after ``before_process``: Any-Size Diffusion
+plans for the chosen checkpoint's family (read from its header), not for the model still in memory (or Forge's
+placeholder before the first generation)."""
+
+import torch
+from safetensors.torch import save_file
+
+from harness import WebUI
+from modules import sd_models, shared
+
+ATTN = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
+
+
+def test_chosen_checkpoint_family_decides_the_plan(forge_sd1, tmp_path, monkeypatch):
+    path = tmp_path / "sdxl_chosen.safetensors"
+    save_file({ATTN: torch.zeros(640, 2048, dtype=torch.float16)}, str(path))
+    monkeypatch.setattr(sd_models.model_data, "forge_loading_parameters", {"checkpoint_info": sd_models.CheckpointInfo(str(path))})
+    shared.sd_model = forge_sd1
+    res = WebUI(sd_model=forge_sd1).txt2img({"Any-Size Diffusion": [{"enabled": True, "width": 600, "height": 400,
+                                                                      "buckets": "64x64, 96x64", "steps": 1}]}, steps=1)
+    assert "tile=1024" in res.infotexts[0]
