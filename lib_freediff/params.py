@@ -144,11 +144,6 @@ class ParamSet:
         values = dict(zip(self.names(), args))
         return self.validate(values), set(values)
 
-    def to_args(self, values: Mapping[str, Any]) -> list[Any]:
-        """Positional args (documented order) for named values; missing ones take defaults."""
-        full = self.validate(values)
-        return [full[name] for name in self.names()]
-
     # ---- infotext: one compact key per feature, value "name=value name=value ..." ----
 
     def format_infotext(self, values: Mapping[str, Any], *, always: Sequence[str] = ()) -> str:
