@@ -37,6 +37,8 @@ class Param:
     open_choices: bool = False
     # custom validator run after type coercion: value -> value (raise ValueError with a reason)
     check: Callable[[Any], Any] | None = field(default=None, compare=False)
+    # the value as written in the infotext, before escaping (parsed back by ``check``)
+    infotext_encode: Callable[[Any], Any] | None = field(default=None, compare=False)
 
     def coerce(self, feature: str, value: Any) -> Any:
         """Converts ``value`` (from JSON, a form, or infotext text) to this parameter's type, or raises."""
@@ -155,7 +157,7 @@ class ParamSet:
             value = values.get(p.name, p.default)
             if p.name not in always and value == p.default:
                 continue
-            parts.append(f"{p.name}={_encode_token(value)}")
+            parts.append(f"{p.name}={_encode_token(p.infotext_encode(value) if p.infotext_encode else value)}")
         return " ".join(parts)
 
     def parse_infotext(self, text: str) -> dict[str, Any]:

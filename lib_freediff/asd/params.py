@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lib_freediff.asd.buckets import FEATURE, bucket_set_for, parse_bucket_list
+from lib_freediff.asd.buckets import FEATURE, bucket_set_for, format_bucket_list, parse_bucket_list
 from lib_freediff.errors import ParamError
 from lib_freediff.params import Param, ParamSet
 
-BUCKET_SETS = ("paper", "sdxl")
+BUCKET_SETS = ("native", "paper", "sdxl")
 MODES = ("implicit", "explicit", "none")
 TILED_VAE = ("auto", "on", "off")
 
 
 def _check_buckets(value: str) -> str:
-    """"paper", "sdxl", or a custom list "W×H, W×H, …" (validated here so every path reports it)."""
+    """"native", "paper", "sdxl", or a custom list "W×H, W×H, …" (validated here so every path reports
+    it; a custom list comes back in the canonical form "512x512, 768x576")."""
     text = value.strip()
     if text.lower() in BUCKET_SETS:
         return text.lower()
-    parse_bucket_list(text)
-    return text
+    return format_bucket_list(parse_bucket_list(text))
+
+
+def _buckets_infotext(value: str) -> str:
+    """A custom list in the infotext reads ``192x128+128x128`` (no comma, colon or space to escape)."""
+    return value if value in BUCKET_SETS else value.replace(", ", "+")
 
 
 def _multiple_of(n: int):
@@ -36,9 +41,10 @@ ASD_PARAMS = ParamSet(
         Param("enabled", "bool", False, "Enable Any-Size Diffusion"),
         Param("width", "int", 2048, "Final width", 64, 16384, 1, info="any whole number of pixels"),
         Param("height", "int", 1152, "Final height", 64, 16384, 1, info="any whole number of pixels"),
-        Param("buckets", "str", "paper", "Aspect-ratio buckets",
-              info="paper (9 ratios), sdxl (SDXL training buckets), or your own list: 512x512, 768x512, …",
-              check=_check_buckets),
+        Param("buckets", "str", "native", "Aspect-ratio buckets",
+              info="native: the paper's 9 ratios at the model's native area; paper: the paper's sizes (up to 2.5× that, "
+                   "for ARAD-trained models); sdxl: SDXL's training buckets; or your own list: 512x512, 768x512, …",
+              check=_check_buckets, infotext_encode=_buckets_infotext),
         Param("mode", "choice", "implicit", "Tiling", choices=list(MODES),
               info="implicit: FSTD, tiles shift randomly every step; explicit: overlapping tiles averaged; none: fixed tiles"),
         Param("tile", "int", 512, "Tile size (px)", 128, 2048, 64, check=_multiple_of(64)),

@@ -76,7 +76,9 @@ def describe_plan(values: Mapping, is_img2img: bool) -> str:
     lines = []
     if not is_img2img:
         fw, fh = plan.first_pass
-        lines.append(f"First pass **{fw}×{fh}** (bucket ratio {fh / fw:.3f}, target {plan.final.h / plan.final.w:.3f})")
+        bw, bh = plan.bucket
+        shrunk = "" if plan.bucket == plan.first_pass else f": bucket {bw}×{bh} shrunk to the target, the second pass never downscales"
+        lines.append(f"First pass **{fw}×{fh}** (bucket ratio {bh / bw:.3f}, target {plan.final.h / plan.final.w:.3f}{shrunk})")
     if grid.tiles == 1:
         layout = "one tile (not tiled)"
     else:

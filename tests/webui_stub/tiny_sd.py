@@ -27,15 +27,16 @@ def randomize_zero_init(module: torch.nn.Module, seed: int = 0, scale: float = 0
     return module
 
 
-def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_dim=None):
+def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_dim=None, attention_resolutions=None):
     """A small UNetModel of the family's topology: SD1.5 (4 levels, attention at 3), SD2 (linear
     projections, context 1024, head width 64), SDXL (3 levels, attention at the 2 lower, context 2048,
     label embedding); ``context_dim`` narrows the cross-attention width for speed where family facts
-    (context width) do not matter."""
+    (context width) do not matter; ``attention_resolutions`` (e.g. ``[4]``: the deepest level only) spares the
+    full-resolution self-attention where large images are rendered for their sizes alone."""
     torch.manual_seed(seed)
     if family == "sdxl":
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
-                         attention_resolutions=[2, 4], num_res_blocks=1, channel_mult=(1, 2, 4), num_head_channels=16,
+                         attention_resolutions=attention_resolutions or [2, 4], num_res_blocks=1, channel_mult=(1, 2, 4), num_head_channels=16,
                          use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
                          context_dim=context_dim or 2048, legacy=False)
         # SDXL's class embedding of the pooled text + size vector, as sgm builds it
@@ -46,13 +47,13 @@ def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_di
         unet.adm_in_channels = adm
     elif family == "sd2":
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
-                         attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4), num_head_channels=16,
-                         use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                         attention_resolutions=attention_resolutions or [4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4),
+                         num_head_channels=16, use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
                          context_dim=context_dim or 1024, legacy=False)
     else:
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
-                         attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4), num_heads=8,
-                         use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim or 768, legacy=False)
+                         attention_resolutions=attention_resolutions or [4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4),
+                         num_heads=8, use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim or 768, legacy=False)
     return randomize_zero_init(unet, seed).eval()
 
 
