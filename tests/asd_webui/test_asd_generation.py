@@ -193,6 +193,7 @@ def test_infotext_round_trip_through_paste_fields(webui):
 
     args = [True, 201, 123, SMALL_BUCKETS, "explicit", 128, 64, 2, 64, 3, "Latent (bicubic)", 0.55, 2, "off"]
     res = webui.txt2img({ASD: args}, steps=2)
+    assert "buckets=64x64+96x64+64x96+128x64 " in res.infotexts[0]  # readable, nothing escaped
     params = infotext_utils.parse_generation_parameters(res.infotexts[0])
     script = webui.scripts[("txt2img", ASD)]
     pasted = {component.elem_id: fn(params) for component, fn in script.infotext_fields}
