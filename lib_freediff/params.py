@@ -60,20 +60,20 @@ class Param:
                 return bool(value)
             if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
                 return value.strip().lower() in _TRUE
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {_short(value)}")
         if self.kind in ("int", "float"):
             if isinstance(value, bool) or value is None:
-                raise ValueError(f"expected a number, got {value!r}")
+                raise ValueError(f"expected a number, got {_short(value)}")
             if isinstance(value, str):
                 try:
                     value = float(value.strip())
                 except ValueError:
-                    raise ValueError(f"expected a number, got {value!r}") from None
+                    raise ValueError(f"expected a number, got {_short(value)}") from None
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"expected a finite number, got {value!r}")
+                raise ValueError(f"expected a finite number, got {_short(value)}")
             if self.kind == "int":
                 if float(value) != int(value):
-                    raise ValueError(f"expected a whole number, got {value!r}")
+                    raise ValueError(f"expected a whole number, got {_short(value)}")
                 value = int(value)
             else:
                 value = float(value)
@@ -89,9 +89,11 @@ class Param:
                 # ints arrive as strings from infotext and XYZ
                 if isinstance(choice, int) and isinstance(value, str) and value.strip() == str(choice):
                     return choice
-            if self.open_choices and isinstance(value, str):
-                return value.strip()
-            raise ValueError(f"{value!r} is not one of {list(self.choices or ())}")
+            if self.open_choices:
+                if isinstance(value, str):
+                    return value.strip()
+                raise ValueError(f"expected a name (text), got {_short(value)}")
+            raise ValueError(f"{_short(value)} is not one of {list(self.choices or ())}")
         if self.kind == "str":
             if value is None:
                 return ""
@@ -118,6 +120,10 @@ class ParamSet:
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def non_default(self, values: Mapping[str, Any]) -> set[str]:
+        """Names whose value differs from the default: what a padded positional API request surely gave."""
+        return {p.name for p in self.params if p.name in values and values[p.name] != p.default}
 
     def validate(self, values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
         """Checks named values; unknown names are errors; missing ones take defaults unless ``partial``."""
@@ -169,6 +175,15 @@ class ParamSet:
                 continue
             values[name] = urllib.parse.unquote(raw)
         return self.validate(values)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut short (a misplaced base64 image must not flood it)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    kind = f"a {type(value).__name__} " if not isinstance(value, str) else ""
+    return f"{kind}{text[:limit - 1]}…"
 
 
 def _encode_token(value: Any) -> str:

@@ -66,12 +66,31 @@ ASD_PARAMS = ParamSet(
 )
 
 
+def _default_note(name: str, value: Any) -> str:
+    return " (its default, taken when it is not given)" if value == ASD_PARAMS.by_name[name].default else ""
+
+
 def check_values(values: Mapping[str, Any]) -> None:
     """Cross-field rules, with the field named."""
     if values["mode"] == "explicit" and values["overlap"] >= values["tile"]:
-        raise ParamError(FEATURE, "overlap", f"must be smaller than the tile ({values['tile']} px)")
+        raise ParamError(FEATURE, "overlap", f"is {values['overlap']} px{_default_note('overlap', values['overlap'])} "
+                                             f"but must be smaller than the tile ({values['tile']} px)")
     if values["mode"] == "implicit" and values["offset_range"] > values["tile"]:
-        raise ParamError(FEATURE, "offset_range", f"must be at most the tile size ({values['tile']} px)")
+        raise ParamError(FEATURE, "offset_range", f"is {values['offset_range']} px{_default_note('offset_range', values['offset_range'])} "
+                                                  f"but must be at most the tile size ({values['tile']} px)")
+
+
+TXT2IMG_ONLY = {"buckets": "the img2img run is rendered at the target directly",
+                "upscaler": "the init image is resized by the request's resize mode",
+                "denoise": "the img2img request's own denoising_strength applies",
+                "steps": "the img2img request's own steps apply"}
+
+
+def check_img2img(given: set[str]) -> None:
+    """In img2img the fields of txt2img's first pass and upscale are not used: giving one is refused, naming it."""
+    for name in TXT2IMG_ONLY:
+        if name in given:
+            raise ParamError(FEATURE, name, f"is not used in img2img ({TXT2IMG_ONLY[name]}); leave it out")
 
 
 def buckets_for(values: Mapping[str, Any], family: str | None):

@@ -14,7 +14,7 @@ from modules import shared
 
 from lib_freediff.asd.buckets import plan_any_size
 from lib_freediff.asd.fstd import TiledDenoiser, default_tile_batch
-from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, buckets_for, check_values
+from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, buckets_for, check_img2img, check_values
 from lib_freediff.asd.tiled_vae import should_tile, tiled_decode, tiled_encode
 from lib_freediff.asd.tiles import GridPlan, grid_plan
 from lib_freediff.schedule import sampler_step
@@ -51,11 +51,15 @@ def plan_for(values: Mapping, family: str | None = None):
     return plan_any_size(values["width"], values["height"], buckets_for(values, family or loaded_family()), max_pixels(), values["tile"])
 
 
-def values_for(p, args) -> dict | None:
-    values, _, _ = values_with_overrides(ASD_PARAMS, p, args)
+def values_for(p, args, is_img2img: bool = False) -> dict | None:
+    values, explicit, overrides = values_with_overrides(ASD_PARAMS, p, args)
     if not values["enabled"]:
         return None
     check_values(values)
+    if is_img2img:  # given txt2img-only fields are refused; the panel hides them there (its values are not given)
+        named = bool(args) and isinstance(args[0], Mapping)
+        api = getattr(p, "is_api", False)
+        check_img2img(set(overrides) | (explicit if named else ASD_PARAMS.non_default(values) if api else set()))
     return values
 
 
@@ -215,7 +219,7 @@ class ASDSession:
 
 
 def before_process(p, args, is_img2img: bool) -> None:
-    values = values_for(p, args)
+    values = values_for(p, args, is_img2img)
     if values is None:
         return
     session = ASDSession(p, values, is_img2img)
