@@ -157,7 +157,8 @@ def test_model_refusals_name_the_folder_relative_to_the_webui(client, model_file
     monkeypatch.setattr(paths, "models_path", os.path.join(paths.data_path, "no-models"))
     empty = txt2img(client, [{"enabled": True, "images": IMAGES}])
     assert empty.status_code == 422
-    assert "parameter 'model': no FastComposer model in no-models/fastcomposer: put the release's" in empty.json()["errors"]
+    assert ("parameter 'model': no FastComposer model in no-models/fastcomposer: download pytorch_model.bin from "
+            "https://huggingface.co/mit-han-lab/fastcomposer into it") in empty.json()["errors"]
     for answer in (unknown, r, empty):
         assert paths.data_path not in answer.text and model_files not in answer.text
 
