@@ -5,7 +5,7 @@ import k_diffusion
 import pytest
 import torch
 
-from harness import WebUI, same_images
+from harness import same_images
 from lib_freediff.asd.fstd import MODES, TiledDenoiser
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
@@ -17,29 +17,21 @@ FREEU = "FreeU"
 
 
 @pytest.fixture(scope="module")
-def sd2v():
+def sd1():
+    """This module's model, an SD2.x 768-v one, in the place of conftest's SD1 model: conftest's ``webui`` (the
+    extension loaded) and ``bare`` (without it) are built over it."""
     return TinySD("sd2", unet=sd2_unet_full_blocks(), parameterization="v")
 
 
-@pytest.fixture(scope="module")
-def webui(sd2v):
-    return WebUI(sd_model=sd2v)
-
-
-@pytest.fixture(scope="module")
-def bare(sd2v):
-    return WebUI(script_files=[], sd_model=sd2v)
-
-
 @pytest.fixture(autouse=True)
-def v_calls(sd2v, monkeypatch):
+def v_calls(sd1, monkeypatch):
     """Counts the v-denoiser's model calls: the generations below really go through v-prediction."""
-    shared.sd_model = sd2v
+    shared.sd_model = sd1
     calls = []
     original = k_diffusion.external.CompVisVDenoiser.get_v
     monkeypatch.setattr(k_diffusion.external.CompVisVDenoiser, "get_v", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     yield calls
-    assert attached_hook_count(sd2v.model.diffusion_model) == 0
+    assert attached_hook_count(sd1.model.diffusion_model) == 0
     assert not runtime._sessions
 
 

@@ -4,6 +4,7 @@ replace the README's, in tests/browser/screenshots/ (reduced to a small palette)
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import pytest
 
@@ -48,6 +49,21 @@ def open_panel(pw, url, prefix, height):
     return browser, page
 
 
+@contextmanager
+def panel(page_url, title, height):
+    """A browser page of the demo with the txt2img panel ``title`` opened: yields (page, its elem_id prefix)."""
+    from playwright.sync_api import sync_playwright
+
+    webui, url = page_url
+    prefix = webui.scripts[("txt2img", title)].elem_id("")
+    with sync_playwright() as pw:
+        browser, page = open_panel(pw, url, prefix, height)
+        try:
+            yield page, prefix
+        finally:
+            browser.close()
+
+
 def snap(page, prefix, name):
     """A screenshot of the panel (its accordion) into tests/artifacts/, and into the README's folder on request."""
     os.makedirs(ARTIFACTS, exist_ok=True)
@@ -67,14 +83,9 @@ def choose(page, selector, option):
 
 
 def test_freeu_panel_controls_and_presets(page_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    webui, url = page_url
-    script = webui.scripts[("txt2img", "FreeU")]
-    prefix = script.elem_id("")
-    with sync_playwright() as pw:
-        browser, page = open_panel(pw, url, prefix, 1400)
-
+    with panel(page_url, "FreeU", 1400) as (page, prefix):
         b1 = page.locator(f"#{prefix}b1 input[type=number]")
         expect(b1).to_be_disabled()  # family presets show their values read-only
         choose(page, f"#{prefix}preset", "SDXL")
@@ -88,7 +99,6 @@ def test_freeu_panel_controls_and_presets(page_url):
         page.locator(f"#{prefix}saved_preset_save").click()
         expect(page.locator(f"#{prefix}saved_preset_status").first).to_contain_text("Saved preset browser preset", timeout=15000)
         snap(page, prefix, "freeu_panel.png")
-        browser.close()
 
     from lib_freediff.webui import freeu
 
@@ -97,12 +107,9 @@ def test_freeu_panel_controls_and_presets(page_url):
 
 
 def test_any_size_panel_shows_the_plan_live(page_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    webui, url = page_url
-    prefix = webui.scripts[("txt2img", "Any-Size Diffusion")].elem_id("")
-    with sync_playwright() as pw:
-        browser, page = open_panel(pw, url, prefix, 1600)
+    with panel(page_url, "Any-Size Diffusion", 1600) as (page, prefix):
         plan = page.locator(f"#{prefix}plan").first
         expect(plan).to_contain_text("Second pass 2048×1152")
         for name, value in (("width", "1001"), ("height", "603")):
@@ -116,20 +123,15 @@ def test_any_size_panel_shows_the_plan_live(page_url):
         page.locator(f"#{prefix}width input[type=number]").fill("100000")
         page.locator(f"#{prefix}width input[type=number]").press("Enter")
         expect(plan).to_contain_text("parameter 'width'", timeout=15000)
-        browser.close()
 
 
 def test_fastcomposer_panel_shows_the_set_up_steps(page_url):
     """The stand-in's models folder has no FastComposer file: the panel opens with the set-up."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    webui, url = page_url
-    prefix = webui.scripts[("txt2img", "FastComposer")].elem_id("")
-    with sync_playwright() as pw:
-        browser, page = open_panel(pw, url, prefix, 1500)
+    with panel(page_url, "FastComposer", 1500) as (page, prefix):
         status = page.locator(f"#{prefix}status").first
         expect(status).to_contain_text("FastComposer needs its model file, once", timeout=15000)
         expect(status.locator("a[href='https://huggingface.co/mit-han-lab/fastcomposer']")).to_have_count(1)
         expect(status).to_contain_text("Put it into models/fastcomposer/")
         snap(page, prefix, "fastcomposer_panel.png")
-        browser.close()
