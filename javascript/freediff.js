@@ -21,6 +21,20 @@
         "Subject conditioning in hires fix pass": "Also use the subjects in the hires fix pass, with the same α over that pass's own steps; off: the hires pass sees the text alone.",
         "Check loaded model": "Says whether the loaded Stable Diffusion checkpoint has FastComposer's fine-tuned U-Net (needed for good likeness).",
         "Create WebUI checkpoint": "Writes FastComposer's U-Net, text encoder and VAE as an SD1.5 checkpoint in models/Stable-diffusion/; then select it in the checkpoint dropdown.",
-        "Free memory": "Drops the loaded FastComposer image encoder and the cached subject embeddings; they load again on the next use."
+        "Free memory": "Drops the loaded FastComposer image encoder and the cached subject embeddings; they load again on the next use.",
+        "Any-Size Diffusion": "Any size, any ratio: txt2img starts at the aspect-ratio bucket nearest the target's ratio at the model's native size, then the hires fix renders the exact target with tiles whose grid shifts every step (FSTD); img2img renders the target with those tiles.",
+        "Final width": "Width of the delivered image in pixels, any whole number from 64. The WebUI's own width slider is not used while this panel is on.",
+        "Final height": "Height of the delivered image in pixels, any whole number from 64. The WebUI's own height slider is not used while this panel is on.",
+        "Aspect-ratio buckets": "native: the paper's 9 ratios at the loaded model's native area (SD1.x 512², SD2.x 768², SDXL 1024²). paper: the paper's own sizes, up to 2.5× that (for models fine-tuned on them, ARAD). sdxl: SDXL's training buckets. Or your own list: 640x448, 448x640, …",
+        "Tiling mode": "implicit: FSTD, non-overlapping tiles whose grid shifts by a random offset every step (no seams, at the cost of a fixed grid). explicit: overlapping tiles averaged (2–3× the work). none: a fixed grid (seams; for comparison).",
+        "Tile size (px)": "The largest tile side in pixels; the tiles actually used are fitted to the image, each at most this size.",
+        "Random offset range (px)": "Implicit mode: every step the tile grid shifts by an offset drawn from [0, range), seeded by the image seed and the step.",
+        "Reset offset every N steps": "Steps 0, N, 2N, … use the unshifted grid (the paper's code resets every 4th step); 0 = never, which leaves fewer seams.",
+        "Overlap (px, explicit mode)": "Explicit mode: how far neighbouring tiles overlap; smaller than the tile.",
+        "Tiles per U-Net call": "0 = auto: 1 on the CPU, 4 on a GPU. More tiles per call: fewer, larger U-Net calls, more memory; the image stays the same.",
+        "Second-pass upscaler": "How the first-pass image is enlarged to the render size, as in the hires fix: a Latent mode or an image upscaler (txt2img).",
+        "Second-pass denoising strength": "How much the tiled second pass may change the enlarged first-pass image: 0 keeps it, 1 ignores it (txt2img; img2img uses its own).",
+        "Second-pass steps": "Sampling steps of the tiled second pass; 0 = as many as the first pass (txt2img; img2img uses its own).",
+        "VAE in tiles": "auto: decode and encode in tiles above the size set in Settings → FreeDiff (default 1536²); on / off: always / never. The tiles show no seams or colour shifts."
     });
 })();

@@ -39,6 +39,8 @@ class Param:
     check: Callable[[Any], Any] | None = field(default=None, compare=False)
     # words accepted for a value, e.g. {"auto": 0}
     aliases: Mapping[str, Any] | None = None
+    # the value as written in the infotext, before escaping (parsed back by ``check``)
+    infotext_encode: Callable[[Any], Any] | None = field(default=None, compare=False)
 
     def coerce(self, feature: str, value: Any) -> Any:
         """Converts ``value`` (from JSON, a form, or infotext text) to this parameter's type, or raises."""
@@ -62,20 +64,20 @@ class Param:
                 return bool(value)
             if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
                 return value.strip().lower() in _TRUE
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {_short(value)}")
         if self.kind in ("int", "float"):
             if isinstance(value, bool) or value is None:
-                raise ValueError(f"expected a number, got {value!r}")
+                raise ValueError(f"expected a number, got {_short(value)}")
             if isinstance(value, str):
                 try:
                     value = float(value.strip())
                 except ValueError:
-                    raise ValueError(f"expected a number, got {value!r}") from None
+                    raise ValueError(f"expected a number, got {_short(value)}") from None
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"expected a finite number, got {value!r}")
+                raise ValueError(f"expected a finite number, got {_short(value)}")
             if self.kind == "int":
                 if float(value) != int(value):
-                    raise ValueError(f"expected a whole number, got {value!r}")
+                    raise ValueError(f"expected a whole number, got {_short(value)}")
                 value = int(value)
             else:
                 value = float(value)
@@ -91,9 +93,11 @@ class Param:
                 # ints arrive as strings from infotext and XYZ
                 if isinstance(choice, int) and isinstance(value, str) and value.strip() == str(choice):
                     return choice
-            if self.open_choices and isinstance(value, str):
-                return value.strip()
-            raise ValueError(f"{value!r} is not one of {list(self.choices or ())}")
+            if self.open_choices:
+                if isinstance(value, str):
+                    return value.strip()
+                raise ValueError(f"expected a name (text), got {_short(value)}")
+            raise ValueError(f"{_short(value)} is not one of {list(self.choices or ())}")
         if self.kind == "str":
             if value is None:
                 return ""
@@ -120,6 +124,10 @@ class ParamSet:
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def non_default(self, values: Mapping[str, Any]) -> set[str]:
+        """Names whose value differs from the default: what a padded positional API request surely gave."""
+        return {p.name for p in self.params if p.name in values and values[p.name] != p.default}
 
     def validate(self, values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
         """Checks named values; unknown names are errors; missing ones take defaults unless ``partial``."""
@@ -148,11 +156,6 @@ class ParamSet:
         values = dict(zip(self.names(), args))
         return self.validate(values), set(values)
 
-    def to_args(self, values: Mapping[str, Any]) -> list[Any]:
-        """Positional args (documented order) for named values; missing ones take defaults."""
-        full = self.validate(values)
-        return [full[name] for name in self.names()]
-
     # ---- infotext: one compact key per feature, value "name=value name=value ..." ----
 
     def format_infotext(self, values: Mapping[str, Any], *, always: Sequence[str] = ()) -> str:
@@ -164,7 +167,7 @@ class ParamSet:
             value = values.get(p.name, p.default)
             if p.name not in always and value == p.default:
                 continue
-            parts.append(f"{p.name}={_encode_token(value)}")
+            parts.append(f"{p.name}={_encode_token(p.infotext_encode(value) if p.infotext_encode else value)}")
         return " ".join(parts)
 
     def parse_infotext(self, text: str) -> dict[str, Any]:
@@ -176,6 +179,15 @@ class ParamSet:
                 continue
             values[name] = urllib.parse.unquote(raw)
         return self.validate(values)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut short (a misplaced base64 image must not flood it)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    kind = f"a {type(value).__name__} " if not isinstance(value, str) else ""
+    return f"{kind}{text[:limit - 1]}…"
 
 
 def _encode_token(value: Any) -> str:

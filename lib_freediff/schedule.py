@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 
 def sampler_step(call_index: int, steps: int, total_calls: int) -> int:
     """The sampler step a denoiser call belongs to.
@@ -25,8 +23,3 @@ def in_window(step: int, steps: int, start: float, end: float) -> bool:
         return False
     # a tiny tolerance so start=0.3, steps=10 includes step 3 despite 0.3*10 == 3.0000000000000004
     return start * steps - 1e-9 <= step < end * steps - 1e-9
-
-
-def first_step_at(fraction: float, steps: int) -> int:
-    """The first step index i with i ≥ fraction·steps."""
-    return max(0, math.ceil(fraction * steps - 1e-9))

@@ -48,7 +48,7 @@ class FastComposerScript(script_base.FeatureScript):
                 check = gr.Button("Check loaded model", elem_id=self.elem_id("check"))
                 convert = gr.Button("Create WebUI checkpoint", elem_id=self.elem_id("convert"))
                 free = gr.Button("Free memory", elem_id=self.elem_id("free"))
-            status = gr.Markdown("", elem_id=self.elem_id("status"))
+            status = gr.Markdown(fc.setup_hint(), elem_id=self.elem_id("status"))
             ui.preset_row(fc.PRESET_FEATURE, [c[name] for name in fc.PRESET_PARAMS.names()], self.elem_id("saved"))
 
         for slot in slots:

@@ -83,6 +83,11 @@ SDXL_BUCKETS: Tuple[Bucket, ...] = tuple(
 64 from 512×2048 to 2048×512. 1344×704 (ratio 1.91) is included: some copies of the table omit it,
 which would leave 704×1344 without its mirror."""
 
+NATIVE_SIDE_MULTIPLES = (64, 32, 16, 8)
+NATIVE_AREA_TOLERANCE = 0.10
+"""The ``native`` set's sides are the largest of these multiples that keeps every bucket's area within
+this fraction of the model's native area (SD1.x and SD2.x: 32, SDXL: 64)."""
+
 BucketsLike = Union[str, Iterable[Sequence[int]]]
 
 
@@ -136,14 +141,14 @@ _ITEM_RE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
 def parse_bucket_list(text: str) -> Tuple[Bucket, ...]:
     """Parses the user-facing text form into a bucket set.
 
-    Items are ``WIDTHxHEIGHT`` (``x``, ``X``, ``×`` or ``*``), separated by commas, semicolons or line
-    breaks: ``"512x512, 768x576"`` → ``(Bucket(h=512, w=512), Bucket(h=576, w=768))``.
+    Items are ``WIDTHxHEIGHT`` (``x``, ``X``, ``×`` or ``*``), separated by commas, semicolons, ``+`` (the
+    infotext's form) or line breaks: ``"512x512, 768x576"`` → ``(Bucket(h=512, w=512), Bucket(h=576, w=768))``.
     Exact duplicates are dropped; anything else malformed raises :class:`ParamError` on ``buckets``.
     """
     if not isinstance(text, str):
         raise ParamError(FEATURE, "buckets", f"expected text like '512x512, 768x576', got {type(text).__name__}")
     pairs = []
-    for item in re.split(r"[,;\n]+", text):
+    for item in re.split(r"[,;+\n]+", text):
         if not item.strip():
             continue
         m = _ITEM_RE.match(item)
@@ -192,17 +197,54 @@ def scale_buckets(
     return tuple(out)
 
 
-def bucket_set_for(family: str, name: str = "paper", custom: BucketsLike | None = None) -> Tuple[Bucket, ...]:
+def _equal_area_bucket(ratio: float, area: int, multiple: int) -> Bucket:
+    """The bucket of sides that are multiples of ``multiple`` nearest ``ratio`` (h/w) at ``area``: the
+    smallest summed log error of ratio and area among the sizes around the exact one (ratio ≤ 1)."""
+    best = None
+    exact_w = math.sqrt(area / ratio)
+    for w in range(max(multiple, int(exact_w / multiple) * multiple - 2 * multiple), int(exact_w) + 3 * multiple, multiple):
+        for h in {max(multiple, int(w * ratio / multiple) * multiple), int(w * ratio / multiple + 1) * multiple}:
+            cost = abs(math.log(h / w / ratio)) + abs(math.log(h * w / area))
+            if best is None or cost < best[0]:
+                best = (cost, Bucket(h, w))
+    return best[1]
+
+
+def native_buckets(area: int, ratios: Iterable[float] | None = None) -> Tuple[Bucket, ...]:
+    """The paper's ratios (or ``ratios``, h/w) as an equal-area set at ``area``, the model's native area.
+
+    Each bucket is the size nearest its ratio and the area (see :func:`_equal_area_bucket`); a ratio
+    above 1 is the mirror of its inverse, so the set is symmetric. The sides are multiples of the largest
+    of :data:`NATIVE_SIDE_MULTIPLES` at which every bucket's area is within :data:`NATIVE_AREA_TOLERANCE`
+    of ``area`` and no two ratios share a bucket.
+    """
+    ratios = [b.ratio for b in PAPER_BUCKETS] if ratios is None else list(ratios)
+    for multiple in NATIVE_SIDE_MULTIPLES:
+        out = []
+        for r in ratios:
+            b = _equal_area_bucket(min(r, 1 / r), area, multiple)
+            out.append(b if r <= 1 else Bucket(b.w, b.h))
+        if len(set(out)) == len(out) and all(abs(b.h * b.w / area - 1) <= NATIVE_AREA_TOLERANCE for b in out):
+            return tuple(out)
+    return tuple(out)
+
+
+def bucket_set_for(family: str, name: str = "native", custom: BucketsLike | None = None) -> Tuple[Bucket, ...]:
     """The bucket set for a model family.
 
     ``family``: ``"sd1"`` (512²), ``"sd2"`` (768²) or ``"sdxl"`` (1024²).
-    ``name``: ``"paper"`` (:data:`PAPER_BUCKETS` scaled to the family), ``"sdxl"`` (:data:`SDXL_BUCKETS`
-    scaled to the family) or ``"custom"``: ``custom`` used as given (not rescaled), either a sequence of
-    (h, w) pairs or the WIDTHxHEIGHT text form; validated (positive multiples of 8, at most 64).
+    ``name``: ``"native"`` (the paper's nine ratios at equal area, the family's native area:
+    :func:`native_buckets`), ``"paper"`` (:data:`PAPER_BUCKETS` scaled to the family by its square
+    bucket: up to 2.5× the native area, the sizes ARAD fine-tuned its model on), ``"sdxl"``
+    (:data:`SDXL_BUCKETS` scaled to the family) or ``"custom"``: ``custom`` used as given (not rescaled),
+    either a sequence of (h, w) pairs or the WIDTHxHEIGHT text form; validated (positive multiples of 8,
+    at most 64).
     """
     if family not in FAMILY_NATIVE_AREA:
         raise ParamError(FEATURE, "family", f"unknown model family {family!r}; expected one of sd1, sd2, sdxl")
     area = FAMILY_NATIVE_AREA[family]
+    if name == "native":
+        return native_buckets(area)
     if name == "paper":
         return scale_buckets(PAPER_BUCKETS, area)
     if name == "sdxl":
@@ -213,7 +255,7 @@ def bucket_set_for(family: str, name: str = "paper", custom: BucketsLike | None 
         if isinstance(custom, str):
             return parse_bucket_list(custom)
         return _validate_bucket_list(custom)
-    raise ParamError(FEATURE, "bucket_set", f"unknown bucket set {name!r}; expected paper, sdxl or custom")
+    raise ParamError(FEATURE, "bucket_set", f"unknown bucket set {name!r}; expected native, paper, sdxl or custom")
 
 
 def choose_bucket(target_w: int, target_h: int, buckets: Iterable[Sequence[int]]) -> Size:
@@ -238,7 +280,9 @@ def choose_bucket(target_w: int, target_h: int, buckets: Iterable[Sequence[int]]
 class AnyPlan:
     """How a target size is produced by the two ASD stages (all sizes in pixels, ``Size(w, h)``).
 
-    * ``first_pass``: the bucket stage I generates at.
+    * ``bucket``: the bucket of the target's ratio (Eq. 1); ``first_pass``: the size stage I generates at,
+      the bucket itself, or the bucket shrunk (one factor) until it just covers ``render`` when the
+      bucket is larger than that: the second pass never downscales (``upscale`` ≥ 1).
     * ``upscale``: the single factor applied to both axes of the first-pass image; ``upscaled`` is the
       resulting size (rounded up), which covers ``render``.
     * ``upscale_crop``: the centre crop of the upscaled image to ``render`` (removes the ratio mismatch
@@ -261,6 +305,7 @@ class AnyPlan:
     tile_px: int
     tiles: Tuple[int, int]
     tile_size: Size
+    bucket: Size
 
 
 def _centre_crop(src_w: int, src_h: int, w: int, h: int) -> Box:
@@ -279,8 +324,11 @@ def plan_any_size(
 
     Validates first: width and height are integers ≥ 64 and ``width*height ≤ max_pixels``
     (:class:`ParamError` naming ``width`` or ``height`` otherwise; ``tile_px`` a multiple of 8 ≥ 64).
-    Fit rule: stage II renders at the smallest multiple-of-8 size covering the target; the first-pass
-    image is scaled by one factor in both axes until it covers that size and centre-cropped to it;
+    Fit rule: stage II renders at the smallest multiple-of-8 size covering the target; the first pass is
+    the chosen bucket, or, where covering the render size would scale the bucket down, the bucket shrunk
+    by one factor until it just covers it (sides rounded up to multiples of 8): the second pass never
+    downscales; the first-pass
+    image is scaled by one factor (≥ 1) in both axes until it covers that size and centre-cropped to it;
     the stage II result is centre-cropped to exactly the target, cutting at most 7 px per axis (the
     odd pixel goes to the right/bottom).
     """
@@ -295,9 +343,13 @@ def plan_any_size(
     tile_px = _int_param(tile_px, "tile_px", minimum=64)
     if tile_px % 8:
         raise ParamError(FEATURE, "tile_px", f"must be a multiple of 8, got {tile_px}")
-    first = choose_bucket(tw, th, buckets)
+    bucket = choose_bucket(tw, th, buckets)
     render = Size(_ceil8(tw), _ceil8(th))
-    s = max(render.w / first.w, render.h / first.h)
+    s = max(render.w / bucket.w, render.h / bucket.h)
+    first = bucket
+    if s < 1:  # the bucket would be downscaled: shrink it until it just covers the render size
+        first = Size(max(render.w, _ceil8(math.ceil(bucket.w * s - 1e-6))), max(render.h, _ceil8(math.ceil(bucket.h * s - 1e-6))))
+        s = max(render.w / first.w, render.h / first.h)
     up = Size(max(render.w, math.ceil(first.w * s - 1e-9)), max(render.h, math.ceil(first.h * s - 1e-9)))
     grid = grid_plan(render.w // 8, render.h // 8, tile_px // 8)
     return AnyPlan(
@@ -312,4 +364,5 @@ def plan_any_size(
         tile_px=tile_px,
         tiles=(grid.cols, grid.rows),
         tile_size=Size(grid.tile_w * 8, grid.tile_h * 8),
+        bucket=bucket,
     )

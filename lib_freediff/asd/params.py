@@ -6,22 +6,27 @@ from typing import Any, Mapping
 
 import math
 
-from lib_freediff.asd.buckets import FAMILY_NATIVE_AREA, FEATURE, bucket_set_for, parse_bucket_list
+from lib_freediff.asd.buckets import FAMILY_NATIVE_AREA, FEATURE, bucket_set_for, format_bucket_list, parse_bucket_list
 from lib_freediff.errors import ParamError
 from lib_freediff.params import Param, ParamSet
 
-BUCKET_SETS = ("paper", "sdxl")
+BUCKET_SETS = ("native", "paper", "sdxl")
 MODES = ("implicit", "explicit", "none")
 TILED_VAE = ("auto", "on", "off")
 
 
 def _check_buckets(value: str) -> str:
-    """"paper", "sdxl", or a custom list "W×H, W×H, …" (validated here so every path reports it)."""
+    """"native", "paper", "sdxl", or a custom list "W×H, W×H, …" (validated here so every path reports
+    it; a custom list comes back in the canonical form "512x512, 768x576")."""
     text = value.strip()
     if text.lower() in BUCKET_SETS:
         return text.lower()
-    parse_bucket_list(text)
-    return text
+    return format_bucket_list(parse_bucket_list(text))
+
+
+def _buckets_infotext(value: str) -> str:
+    """A custom list in the infotext reads ``192x128+128x128`` (no comma, colon or space to escape)."""
+    return value if value in BUCKET_SETS else value.replace(", ", "+")
 
 
 def _multiple_of(n: int):
@@ -62,10 +67,11 @@ ASD_PARAMS = ParamSet(
         Param("enabled", "bool", False, "Enable Any-Size Diffusion"),
         Param("width", "int", 2048, "Final width", 64, 16384, 1, info="any whole number of pixels"),
         Param("height", "int", 1152, "Final height", 64, 16384, 1, info="any whole number of pixels"),
-        Param("buckets", "str", "paper", "Aspect-ratio buckets",
-              info="paper (9 ratios), sdxl (SDXL training buckets), or your own list: 512x512, 768x512, …",
-              check=_check_buckets),
-        Param("mode", "choice", "implicit", "Tiling", choices=list(MODES),
+        Param("buckets", "str", "native", "Aspect-ratio buckets",
+              info="native: the paper's 9 ratios at the model's native area; paper: the paper's sizes (up to 2.5× that, "
+                   "for ARAD-trained models); sdxl: SDXL's training buckets; or your own list: 512x512, 768x512, …",
+              check=_check_buckets, infotext_encode=_buckets_infotext),
+        Param("mode", "choice", "implicit", "Tiling mode", choices=list(MODES),
               info="implicit: FSTD, tiles shift randomly every step; explicit: overlapping tiles averaged; none: fixed tiles"),
         Param("tile", "int", TILE_AUTO, "Tile size (px)", 0, 2048, 64, check=_check_tile, aliases={"auto": TILE_AUTO},
               info="0 = auto: the model's native size (512 SD1.x, 768 SD2.x, 1024 SDXL); else a multiple of 64, at least 128"),
@@ -76,23 +82,42 @@ ASD_PARAMS = ParamSet(
         Param("overlap", "int", 256, "Overlap (px, explicit mode)", 0, 2040, 8, check=_multiple_of(8)),
         Param("tile_batch", "int", 0, "Tiles per U-Net call", 0, 64, 1,
               info="0 = auto: 1 on the CPU, 4 on a GPU; more = fewer, larger U-Net calls and more memory"),
-        Param("upscaler", "choice", "Latent", "Upscaler", choices=["Latent"], open_choices=True,
+        Param("upscaler", "choice", "Latent", "Second-pass upscaler", choices=["Latent"], open_choices=True,
               info="as the WebUI's hires fix: Latent modes or any image upscaler"),
-        Param("denoise", "float", 0.5, "Denoising strength", 0.0, 1.0, 0.01),
+        Param("denoise", "float", 0.5, "Second-pass denoising strength", 0.0, 1.0, 0.01),
         Param("steps", "int", 0, "Second-pass steps", 0, 150, 1, info="0 = as many as the first pass"),
-        Param("tiled_vae", "choice", "auto", "Tiled VAE", choices=list(TILED_VAE),
+        Param("tiled_vae", "choice", "auto", "VAE in tiles", choices=list(TILED_VAE),
               info="auto: tile the VAE above the size threshold set in Settings"),
     ],
     infotext_key="ASD",
 )
 
 
+def _default_note(name: str, value: Any) -> str:
+    return " (its default, taken when it is not given)" if value == ASD_PARAMS.by_name[name].default else ""
+
+
 def check_values(values: Mapping[str, Any]) -> None:
     """Cross-field rules, with the field named (``tile`` as used: see :func:`with_tile`)."""
     if values["mode"] == "explicit" and values["overlap"] >= values["tile"]:
-        raise ParamError(FEATURE, "overlap", f"must be smaller than the tile ({values['tile']} px)")
+        raise ParamError(FEATURE, "overlap", f"is {values['overlap']} px{_default_note('overlap', values['overlap'])} "
+                                             f"but must be smaller than the tile ({values['tile']} px)")
     if values["mode"] == "implicit" and values["offset_range"] > values["tile"]:
-        raise ParamError(FEATURE, "offset_range", f"must be at most the tile size ({values['tile']} px)")
+        raise ParamError(FEATURE, "offset_range", f"is {values['offset_range']} px{_default_note('offset_range', values['offset_range'])} "
+                                                  f"but must be at most the tile size ({values['tile']} px)")
+
+
+TXT2IMG_ONLY = {"buckets": "the img2img run is rendered at the target directly",
+                "upscaler": "the init image is resized by the request's resize mode",
+                "denoise": "the img2img request's own denoising_strength applies",
+                "steps": "the img2img request's own steps apply"}
+
+
+def check_img2img(given: set[str]) -> None:
+    """In img2img the fields of txt2img's first pass and upscale are not used: giving one is refused, naming it."""
+    for name in TXT2IMG_ONLY:
+        if name in given:
+            raise ParamError(FEATURE, name, f"is not used in img2img ({TXT2IMG_ONLY[name]}); leave it out")
 
 
 def buckets_for(values: Mapping[str, Any], family: str | None):

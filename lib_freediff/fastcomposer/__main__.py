@@ -1,10 +1,13 @@
 """Command line: FastComposer's release file → a checkpoint the WebUI can load (its fine-tuned U-Net).
 
-    python -m lib_freediff.fastcomposer convert SRC [DST] [--dtype fp16|bf16|fp32|keep] [--force]
-    python -m lib_freediff.fastcomposer SRC [DST] ...            (same: "convert" is the default)
-    python -m lib_freediff.fastcomposer safetensors SRC DST      (a .safetensors copy of pytorch_model.bin)
+From the WebUI's folder, with the WebUI's Python (``venv/bin/python``; Windows: ``.\venv\Scripts\python``),
+the package folder run as a program (``/`` works in the paths on Windows too):
 
-Run it from the extension's folder with the WebUI's Python. ``SRC`` is the release's ``pytorch_model.bin``
+    python extensions/sd-webui-freediff/lib_freediff/fastcomposer convert SRC [DST] [--dtype fp16|bf16|fp32|keep] [--force]
+    python extensions/sd-webui-freediff/lib_freediff/fastcomposer SRC [DST] ...        (same: "convert" is the default)
+    python extensions/sd-webui-freediff/lib_freediff/fastcomposer safetensors SRC DST  (a .safetensors copy of the .bin)
+
+or, from the extension's folder, ``python -m lib_freediff.fastcomposer …``. ``SRC`` is the release's ``pytorch_model.bin``
 (or a .safetensors copy). ``DST`` is a ``.safetensors`` file or a folder (default: ``models/Stable-diffusion``
 of the WebUI this extension is installed in, when it can be found, else the current folder); in a folder
 the file is named by ``checkpoint_name_for(SRC)``. The write is atomic. Exit status 0 on success, 1 on a
@@ -16,6 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+if not __package__:  # run as a folder: put the extension's folder, not this package's, first on the path
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        PROG = f"python {os.path.relpath(os.path.dirname(os.path.abspath(__file__)))}"
+    except ValueError:  # another drive (Windows)
+        PROG = f"python {os.path.dirname(os.path.abspath(__file__))}"
+else:
+    PROG = "python -m lib_freediff.fastcomposer"
 
 DTYPES = ("fp16", "bf16", "fp32", "keep")
 
@@ -55,7 +67,7 @@ def output_path(src, dst=None) -> str:
 
 def convert(src, dst=None, *, dtype: str = "fp16", force: bool = False) -> str:
     """Writes the WebUI checkpoint; returns its path. Raises FileExistsError unless ``force``."""
-    from .convert import write_webui_checkpoint
+    from lib_freediff.fastcomposer.convert import write_webui_checkpoint
 
     out = output_path(src, dst)
     if os.path.exists(out) and not force:
@@ -69,7 +81,7 @@ def main(argv=None) -> int:
     if argv and argv[0] in ("convert", "safetensors"):
         command = argv.pop(0)
     ap = argparse.ArgumentParser(
-        prog="python -m lib_freediff.fastcomposer" + ("" if command == "convert" else f" {command}"),
+        prog=PROG + ("" if command == "convert" else f" {command}"),
         description=("Write FastComposer's U-Net, text encoder and VAE as an SD1.5 checkpoint the WebUI loads."
                      if command == "convert" else "Write a .safetensors copy of FastComposer's pytorch_model.bin."))
     ap.add_argument("src", help="FastComposer release file (pytorch_model.bin or a .safetensors copy)")
@@ -80,14 +92,14 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="replace an existing output file")
     args = ap.parse_args(argv)
 
-    from ..errors import FreeDiffError
+    from lib_freediff.errors import FreeDiffError
 
     try:
         if command == "convert":
             out = convert(args.src, args.dst, dtype=args.dtype, force=args.force)
             print(f"wrote {out}\nSelect it in the WebUI's Stable Diffusion checkpoint dropdown (refresh the list first).")
         else:
-            from .loader import convert_bin_to_safetensors
+            from lib_freediff.fastcomposer.loader import convert_bin_to_safetensors
 
             out = args.dst
             if os.path.isdir(out):

@@ -14,7 +14,6 @@ Every source key of those groups is mapped or the conversion fails listing the k
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -419,15 +418,6 @@ def is_fastcomposer_unet(unet: Union[torch.nn.Module, Mapping[str, torch.Tensor]
         if flat.numel() != ref.numel() or not torch.allclose(flat, ref, rtol=rtol, atol=atol):
             return False
     return True
-
-
-def fingerprint_hash(fp: Mapping[str, torch.Tensor]) -> str:
-    """A short stable hash of a fingerprint (values rounded to fp16), e.g. for infotext or logs."""
-    h = hashlib.sha256()
-    for k in sorted(fp):
-        h.update(k.encode())
-        h.update(fp[k].to(torch.float16).numpy().tobytes())
-    return h.hexdigest()[:10]
 
 
 if __name__ == "__main__":

@@ -110,10 +110,6 @@ class CheckpointReader:
 
     # -- access ---------------------------------------------------------------------------------------
 
-    @property
-    def is_safetensors(self) -> bool:
-        return self._st is not None
-
     def keys(self) -> List[str]:
         return list(self._keys)
 
@@ -260,10 +256,6 @@ def _weights_only_detail(msg: str) -> str:
             if i + 1 < len(lines):
                 return lines[i + 1][:200]
     return ""
-
-
-def open_checkpoint(path) -> CheckpointReader:
-    return CheckpointReader(path)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -50,23 +50,54 @@ BUILTIN_PRESETS = {
 }
 
 
-def resolve(values: Mapping[str, Any], explicit: set[str], family: str | None, *, named: bool) -> dict[str, Any]:
+DEFAULT_FACTORS = {n: FREEU_PARAMS.by_name[n].default for n in FACTOR_NAMES}  # SD1.5's official values
+
+
+def _same_factors(values: Mapping[str, Any], reference: Mapping[str, float]) -> bool:
+    return all(abs(float(values[n]) - reference[n]) < 1e-6 for n in FACTOR_NAMES)
+
+
+def _positional_preset(values: Mapping[str, Any], auto_family: str, *, api: bool) -> str:
+    """The preset of positional args, where b1..s2 are always present (the WebUI pads what a request leaves
+    out with the panel's values, and ``preset`` with ``Auto``), so whether they were given is told by value.
+
+    ``Auto``: b1..s2 equal to what the panel shows beside Auto (a family's official values; in the API only
+    the padding, i.e. the defaults, or the loaded family's) keep Auto; any other values are the caller's own
+    and win: Custom. A family preset with other b1..s2 than its own is refused, naming the first one.
+    """
+    preset = values["preset"]
+    if preset == AUTO:
+        shown = (DEFAULT_FACTORS, FAMILY_VALUES[auto_family]) if api else tuple(FAMILY_VALUES.values())
+        return AUTO if any(_same_factors(values, ref) for ref in shown) else CUSTOM
+    own = FAMILY_VALUES[preset]
+    for n in FACTOR_NAMES:
+        if abs(float(values[n]) - own[n]) >= 1e-6:
+            raise ParamError(FEATURE, n, f"is {values[n]} but preset {preset!r} sets {n}={own[n]}; set preset to 'Custom' "
+                                         f"to use your own b1, b2, s1, s2, or give {preset}'s values")
+    return preset
+
+
+def resolve(values: Mapping[str, Any], explicit: set[str], family: str | None, *, named: bool, api: bool = False) -> dict[str, Any]:
     """Fills b1..s2 from the preset and checks cross-field rules; returns values with a concrete preset.
 
     ``named``: the args came as a dict. There, giving b1..s2 without a preset means Custom, and giving
-    them together with a non-Custom preset is an error (they would be ignored).
+    them together with a non-Custom preset is an error (they would be ignored). Positional args (``named``
+    false, b1..s2 in ``explicit``) follow :func:`_positional_preset`; ``api``: they came through the HTTP API.
     """
     out = dict(values)
     if out["start"] >= out["end"]:
         raise ParamError(FEATURE, "end", f"must be greater than start ({out['start']} >= {out['end']})")
+    auto_family = AUTO_FAMILY.get(family or "", "SD1.5")
     given = [n for n in FACTOR_NAMES if n in explicit]
     if named and given:
         if "preset" not in explicit:
             out["preset"] = CUSTOM
         elif out["preset"] != CUSTOM:
             raise ParamError(FEATURE, given[0], f"is set but preset is {out['preset']!r}; set preset to 'Custom' to use your own b1, b2, s1, s2")
+    elif given and out["preset"] != CUSTOM:
+        out["preset"] = _positional_preset(out, auto_family, api=api)
     if out["preset"] == AUTO:
-        out["preset"] = AUTO_FAMILY.get(family or "", "SD1.5")
+        out["preset"] = auto_family
     if out["preset"] != CUSTOM:
         out.update(FAMILY_VALUES[out["preset"]])
     return out

@@ -14,7 +14,7 @@ from modules import shared
 
 from lib_freediff.asd.buckets import plan_any_size
 from lib_freediff.asd.fstd import TiledDenoiser, default_tile_batch
-from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, buckets_for, check_values, with_tile
+from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, buckets_for, check_img2img, check_values, with_tile
 from lib_freediff.asd.tiled_vae import should_tile
 from lib_freediff.asd.tiles import GridPlan, grid_plan
 from lib_freediff.errors import FreeDiffError
@@ -47,14 +47,18 @@ def plan_for(values: Mapping, family: str | None = None):
     return plan_any_size(values["width"], values["height"], buckets_for(values, family or loaded_family()), max_pixels(), values["tile"])
 
 
-def values_for(p, args, family: str | None) -> dict | None:
+def values_for(p, args, family: str | None, is_img2img: bool = False) -> dict | None:
     """This generation's values with ``tile`` as used for a checkpoint of ``family``, or None when the feature is off."""
-    values, _, _ = values_with_overrides(ASD_PARAMS, p, args)
+    values, explicit, overrides = values_with_overrides(ASD_PARAMS, p, args)
     if not values["enabled"]:
         return None
     runtime.check_model(FEATURE, p, family)
     values = with_tile(values, family)
     check_values(values)
+    if is_img2img:  # txt2img-only values given with a meaning are refused; the panel hides those fields there
+        named = bool(args) and isinstance(args[0], Mapping)
+        given = explicit if named else set(values) if getattr(p, "is_api", False) else set()
+        check_img2img(set(overrides) | (given & ASD_PARAMS.non_default(values)))
     peer = runtime.enabled_peer(p, host.current().peer_tilers)
     if peer:
         raise FreeDiffError(f"{FEATURE}: '{peer}' is enabled too, and two tilers cannot share the U-Net calls of a pass; "
@@ -81,7 +85,9 @@ def describe_plan(values: Mapping, is_img2img: bool) -> str:
     lines = []
     if not is_img2img:
         fw, fh = plan.first_pass
-        lines.append(f"First pass **{fw}×{fh}** (bucket ratio {fh / fw:.3f}, target {plan.final.h / plan.final.w:.3f})")
+        bw, bh = plan.bucket
+        shrunk = "" if plan.bucket == plan.first_pass else f": bucket {bw}×{bh} shrunk to the target, the second pass never downscales"
+        lines.append(f"First pass **{fw}×{fh}** (bucket ratio {bh / bw:.3f}, target {plan.final.h / plan.final.w:.3f}{shrunk})")
     if grid.tiles == 1:
         layout = "one tile (not tiled)"
     else:
@@ -193,7 +199,7 @@ class ASDSession:
 
 def before_process(p, args, is_img2img: bool) -> None:
     family = host.upcoming_family(p)  # before_process: the generation's checkpoint may not be loaded yet
-    values = values_for(p, args, family)
+    values = values_for(p, args, family, is_img2img)
     if values is None:
         return
     session = ASDSession(p, values, is_img2img, family)

@@ -51,9 +51,5 @@ def by_slug(slug: str) -> Feature | None:
     return _features.get(slug)
 
 
-def by_title(title: str) -> Feature | None:
-    return next((f for f in _features.values() if f.title == title), None)
-
-
 def all_features() -> list[Feature]:
     return list(_features.values())

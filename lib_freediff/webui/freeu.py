@@ -21,11 +21,13 @@ def values_for(p, args) -> dict | None:
     # an XYZ axis over b1..s2 only makes sense with the sliders' values in use
     if any(n in overrides for n in FACTOR_NAMES) and "preset" not in overrides:
         values["preset"] = CUSTOM
+    elif "preset" in overrides:  # an axis over the preset: the sliders' values are only on show
+        explicit -= set(FACTOR_NAMES) - set(overrides)
     if not values["enabled"]:
         return None
     family = host.current().family(p.sd_model)  # process: the generation's checkpoint is loaded
     runtime.check_model(FEATURE, p, family)
-    return resolve(values, explicit, family, named=named)
+    return resolve(values, explicit, family, named=named, api=bool(getattr(p, "is_api", False)))
 
 
 class FreeUSession:

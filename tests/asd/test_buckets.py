@@ -4,6 +4,7 @@ import random
 import pytest
 
 from lib_freediff.asd.buckets import (
+    FAMILY_NATIVE_AREA,
     PAPER_BUCKETS,
     SDXL_BUCKETS,
     Bucket,
@@ -54,9 +55,10 @@ def test_scale_buckets_keeps_paper_set_for_sd1_and_scales_for_sd2():
 
 
 def test_bucket_set_for_families_and_custom():
-    assert bucket_set_for("sd1") == PAPER_BUCKETS
+    assert bucket_set_for("sd1", "paper") == PAPER_BUCKETS
+    assert bucket_set_for("sd1") == bucket_set_for("sd1", "native") != PAPER_BUCKETS
     assert bucket_set_for("sdxl", "sdxl") == SDXL_BUCKETS
-    assert bucket_set_for("sdxl")[0] == (1024, 1024)
+    assert bucket_set_for("sdxl")[0] == (1024, 1024) == bucket_set_for("sdxl", "paper")[0]
     assert bucket_set_for("sd2", "paper")[0] == (768, 768)
     assert bucket_set_for("sd1", "custom", [(512, 768), (768, 512)]) == ((512, 768), (768, 512))
     assert bucket_set_for("sd1", "custom", "768x512, 512x768") == ((512, 768), (768, 512))
@@ -110,7 +112,9 @@ def test_plan_odd_target_exact_final_size():
     assert p.final == Size(1001, 603)
     assert p.render == Size(1008, 608) and p.latent == Size(126, 76)
     assert p.final_crop == (3, 2, 1004, 605)
-    assert p.first_pass == choose_bucket(1001, 603, PAPER_BUCKETS) == Size(1024, 640)
+    assert p.bucket == choose_bucket(1001, 603, PAPER_BUCKETS) == Size(1024, 640)
+    # covering 1008×608 would scale the bucket down (0.984): the first pass is the bucket shrunk to cover it
+    assert p.first_pass == Size(1008, 632) and p.upscale == 1
     assert p.upscaled.w >= 1008 and p.upscaled.h >= 608
     assert abs(p.upscaled.w / p.upscaled.h - 1024 / 640) < 0.01
     l, t, r, b = p.upscale_crop
@@ -129,6 +133,8 @@ def test_plan_fit_rule_holds_for_many_targets():
         assert (r - l, b - t) == (w, h) and l >= 0 and t >= 0 and r <= p.render.w and b <= p.render.h
         assert p.upscaled.w >= p.render.w and p.upscaled.h >= p.render.h
         assert p.upscale == pytest.approx(max(p.render.w / p.first_pass.w, p.render.h / p.first_pass.h))
+        assert p.upscale >= 1 and p.first_pass.w <= p.bucket.w and p.first_pass.h <= p.bucket.h
+        assert p.first_pass == p.bucket or p.upscale == 1
         assert p.tiles == (math.ceil(p.render.w / 512), math.ceil(p.render.h / 512))
         assert p.tile_size.w <= 512 and p.tile_size.h <= 512
         assert p.tiles[0] * p.tile_size.w - p.render.w < 8 * p.tiles[0]  # spare < 1 latent px a tile
@@ -158,3 +164,43 @@ def test_plan_validates_before_work():
     with pytest.raises(ParamError) as e:
         plan_any_size(512, 512, PAPER_BUCKETS, 10**8, tile_px=500)
     assert e.value.param == "tile_px"
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_native_buckets_are_the_paper_ratios_at_the_native_area(family):
+    native = FAMILY_NATIVE_AREA[family]
+    buckets = bucket_set_for(family, "native")
+    assert len(buckets) == len(set(buckets)) == 9
+    for b, paper in zip(buckets, PAPER_BUCKETS):
+        assert abs(b.h * b.w / native - 1) <= 0.10
+        assert abs(math.log(b.ratio / paper.ratio)) < 0.05
+        assert b.h % 32 == 0 and b.w % 32 == 0
+        assert Bucket(b.w, b.h) in buckets  # symmetric
+    # the paper's table stays a named choice, unchanged (scaled by its square bucket)
+    assert bucket_set_for(family, "paper")[0] == buckets[0]
+    assert max(b.h * b.w for b in bucket_set_for(family, "paper")) / native == pytest.approx(2.5, rel=0.1)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_default_first_pass_is_near_native_area_and_never_downscaled(family):
+    """Target ratios from 1:4 to 4:1, at the model's native area and larger: the first pass is a bucket within
+    ±10 % of the native area, and the second pass scales it up (or keeps it), never down."""
+    native = FAMILY_NATIVE_AREA[family]
+    buckets = bucket_set_for(family)
+    for i in range(-20, 21):
+        ratio = 4 ** (i / 20)  # h / w, 1/4 … 4
+        for scale in (1.0, 1.5, 2.0, 4.0):
+            area = native * scale
+            w, h = round(math.sqrt(area / ratio)), round(math.sqrt(area * ratio))
+            p = plan_any_size(w, h, buckets, max_pixels=10**9)
+            assert p.first_pass == p.bucket, (w, h)
+            assert abs(p.first_pass.w * p.first_pass.h / native - 1) <= 0.10, (w, h, p.first_pass)
+            assert p.upscale >= 1, (w, h, p.first_pass, p.render)
+    # targets smaller than their bucket: the first pass shrinks to just cover them, the second pass keeps it
+    for w, h in ((301, 173), (768, 432), (173, 301), (512, 128), (128, 512), (64, 64), (1000, 600), (1280, 720)):
+        p = plan_any_size(w, h, buckets, max_pixels=10**9)
+        assert p.upscale >= 1 and p.first_pass.w <= p.bucket.w and p.first_pass.h <= p.bucket.h
+        assert p.first_pass.w % 8 == 0 and p.first_pass.h % 8 == 0
+        if p.first_pass != p.bucket:
+            assert p.upscale == 1 and p.first_pass.w >= p.render.w and p.first_pass.h >= p.render.h
+            assert p.first_pass.w == p.render.w or p.first_pass.h == p.render.h

@@ -15,6 +15,8 @@ SMALL_BUCKETS = "64x64, 96x64, 64x96, 128x64"
 # a target the tiny model renders quickly: first pass 96×64 (ratio 0.667), second pass 200×120, 2×1 tiles
 TARGET = {"enabled": True, "width": 200, "height": 120, "buckets": SMALL_BUCKETS, "tile": 128, "offset_range": 64,
           "overlap": 64, "steps": 3, "denoise": 0.6}
+# img2img renders the target directly: the first pass and upscale fields are not given there
+TARGET_I2I = {k: v for k, v in TARGET.items() if k not in ("buckets", "upscaler", "denoise", "steps")}
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +99,7 @@ def test_together_with_freeu(webui):
 
 
 def test_img2img_renders_the_target_with_tiles(webui, sd1, tilers):
-    res, sizes = unet_input_sizes(sd1, lambda: webui.img2img({ASD: [TARGET]}, init_images=[make_image(160, 96)], denoising_strength=0.5))
+    res, sizes = unet_input_sizes(sd1, lambda: webui.img2img({ASD: [TARGET_I2I]}, init_images=[make_image(160, 96)], denoising_strength=0.5))
     assert res.images[0].size == (200, 120)
     assert all(h <= 16 and w <= 16 for h, w in sizes)
     assert "ASD: width=200 height=120" in res.infotexts[0]
@@ -175,9 +177,39 @@ def test_api_bad_values_name_the_field(client, sd1, change, field):
 def test_api_img2img(client):
     r = client.post("/sdapi/v1/img2img", json={
         "prompt": "x", "steps": 2, "denoising_strength": 0.5, "init_images": [b64_png(make_image(96, 64))],
-        "alwayson_scripts": {ASD: {"args": [{**TARGET, "width": 150, "height": 100}]}}})
+        "alwayson_scripts": {ASD: {"args": [{**TARGET_I2I, "width": 150, "height": 100}]}}})
     assert r.status_code == 200, r.text
     assert image_from_b64(r.json()["images"][0]).size == (150, 100)
+
+
+def test_api_img2img_refuses_txt2img_fields_it_would_not_use(client):
+    """img2img renders the target directly with the request's own denoising strength and steps: ASD's first-pass
+    and upscale fields would be silently unused there, so giving one is refused, named or positional."""
+    payload = {"prompt": "x", "steps": 2, "denoising_strength": 0.5, "init_images": [b64_png(make_image(96, 64))]}
+    positional = [True, 150, 100, "native", "implicit", 128, 64, 0, 64, 0, "Latent", 0.3]  # denoise 0.3
+    for args, field in (([{**TARGET_I2I, "denoise": 0.3}], "denoise"), ([{**TARGET_I2I, "buckets": "paper"}], "buckets"),
+                        (positional, "denoise")):
+        r = client.post("/sdapi/v1/img2img", json={**payload, "alwayson_scripts": {ASD: {"args": args}}})
+        assert r.status_code == 422, r.text
+        assert f"parameter '{field}': is not used in img2img" in r.json()["errors"]
+    # the positional padding (the defaults) is not a value given
+    r = client.post("/sdapi/v1/img2img", json={**payload, "alwayson_scripts": {ASD: {"args": [True, 150, 100]}}})
+    assert r.status_code == 200, r.text
+
+
+def test_panel_img2img_ignores_its_hidden_txt2img_fields(webui):
+    """The panel hides them in img2img; a pasted txt2img infotext may have set them: not refused there."""
+    res = webui.img2img({ASD: [True, 200, 120, SMALL_BUCKETS, "implicit", 128, 64, 0, 64, 0, "Latent", 0.45, 3, "auto"]},
+                        init_images=[make_image(160, 96)], denoising_strength=0.5, steps=2)
+    assert res.images[0].size == (200, 120)
+
+
+def test_api_positional_offset_range_default_against_a_small_tile_is_named(client):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "alwayson_scripts": {
+        ASD: {"args": [True, 200, 120, SMALL_BUCKETS, "implicit", 128]}}})  # offset_range left out: 256
+    assert r.status_code == 422, r.text
+    assert ("parameter 'offset_range': is 256 px (its default, taken when it is not given) but must be at most the tile "
+            "size (128 px)") in r.json()["errors"]
 
 
 def test_interrupt_in_second_pass_cleans_up(webui, sd1):
@@ -193,6 +225,7 @@ def test_infotext_round_trip_through_paste_fields(webui):
 
     args = [True, 201, 123, SMALL_BUCKETS, "explicit", 128, 64, 2, 64, 3, "Latent (bicubic)", 0.55, 2, "off"]
     res = webui.txt2img({ASD: args}, steps=2)
+    assert "buckets=64x64+96x64+64x96+128x64 " in res.infotexts[0]  # readable, nothing escaped
     params = infotext_utils.parse_generation_parameters(res.infotexts[0])
     script = webui.scripts[("txt2img", ASD)]
     pasted = {component.elem_id: fn(params) for component, fn in script.infotext_fields}

@@ -21,6 +21,8 @@ ASD = "Any-Size Diffusion"
 CN = "ControlNet"
 TARGET = {"enabled": True, "width": 200, "height": 120, "buckets": "64x64, 96x64, 64x96, 128x64", "tile": 128,
           "offset_range": 64, "overlap": 64, "steps": 2, "denoise": 0.6}
+# img2img renders the target directly: the first pass and upscale fields are not given there
+TARGET_I2I = {k: v for k, v in TARGET.items() if k not in ("buckets", "upscaler", "denoise", "steps")}
 POSE = make_image(160, 96, seed=21)  # a control image of another size than anything generated
 DEPTH = make_image(64, 80, seed=22)
 
@@ -121,7 +123,7 @@ def test_without_per_tile_control_the_stand_in_fails_as_controlnet_does(webui, m
     IP-Adapter tokens mixed between samples when the tile batch changes the call's batch."""
     monkeypatch.setattr(ControlNetTiles, "of", classmethod(lambda cls, p, feature: None))
     with pytest.raises(RuntimeError, match="must match the size"):
-        webui.img2img({ASD: [TARGET], CN: [control()]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
+        webui.img2img({ASD: [TARGET_I2I], CN: [control()]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
     with pytest.raises(RuntimeError, match=r"shape '\[6, -1, \d+\]' is invalid"):  # first pass batch 2, then 3 tiles a call
         webui.txt2img({ASD: [{**TARGET, "width": 300, "tile_batch": 3}], CN: [{"image": DEPTH, "model": "ip-adapter"}]})
     assert webui.scripts[("img2img", CN)].latest_network is None  # taken off after each failure
@@ -132,9 +134,10 @@ def test_without_per_tile_control_the_stand_in_fails_as_controlnet_does(webui, m
 @pytest.mark.parametrize("mode", MODES)
 def test_txt2img_and_img2img_with_one_and_two_units(webui, bare, mode):
     before = (bare.txt2img(), bare.img2img())
-    target = {**TARGET, "mode": mode}
     for units in ([control()], [control(), control(DEPTH, weight=0.7)]):
-        for run in (webui.txt2img, lambda *a, **k: webui.img2img(*a, init_images=[make_image(160, 96)], denoising_strength=0.5, **k)):
+        for run, target in ((webui.txt2img, {**TARGET, "mode": mode}),
+                            (lambda *a, **k: webui.img2img(*a, init_images=[make_image(160, 96)], denoising_strength=0.5, **k),
+                             {**TARGET_I2I, "mode": mode})):
             with_cn = run({ASD: [target], CN: units})
             alone = run({ASD: [target]})
             assert with_cn.images[0].size == (200, 120)
@@ -159,7 +162,7 @@ def test_ip_adapter_same_image_for_every_tile_batch(webui):
     handle = unet.register_forward_pre_hook(lambda m, a: batches.append(a[0].shape[0]))
     try:
         for tile_batch in (1, 3, 4):
-            res = webui.img2img({ASD: [{**TARGET, "tile_batch": tile_batch}], CN: [{"image": DEPTH, "model": "ip-adapter"}, control()]},
+            res = webui.img2img({ASD: [{**TARGET_I2I, "tile_batch": tile_batch}], CN: [{"image": DEPTH, "model": "ip-adapter"}, control()]},
                                 init_images=[make_image(160, 96)], denoising_strength=0.5)
             images.append(pixels(res.images[0]))
     finally:
@@ -174,8 +177,8 @@ def test_ip_adapter_same_image_for_every_tile_batch(webui):
 def test_effective_region_mask_is_cut_per_tile(webui):
     left = make_image(200, 120, seed=0).point(lambda v: 0)
     left.paste((255, 255, 255), (0, 0, 100, 120))  # the control acts on the left half only
-    masked = webui.img2img({ASD: [TARGET], CN: [control(mask=left)]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
-    alone = webui.img2img({ASD: [TARGET]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
+    masked = webui.img2img({ASD: [TARGET_I2I], CN: [control(mask=left)]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
+    alone = webui.img2img({ASD: [TARGET_I2I]}, init_images=[make_image(200, 120)], denoising_strength=0.5)
     diff = np.abs(pixels(masked.images[0]) - pixels(alone.images[0])).mean(axis=(0, 2))
     assert diff[:90].mean() > 4 * diff[110:].mean()
 

@@ -4,7 +4,8 @@ non-overlapping grid vs explicit overlap (overlap = tile/2) vs the untiled model
 ``--work``: the U-Net work of each mode counted exactly (U-Net input area per step ÷ latent area, by a forward
 pre-hook on a tiny real U-Net) over the size set 301×173 … 3840×2160, first step and steady steps apart (the peers
 users pick instead are counted in a live WebUI: bench_asd_webui.py).
-``--memory``: peak RSS of one FSTD step of an 8192² second pass against one untiled 1024² step (small U-Net).
+``--memory``: peak RSS of one FSTD step of an 8192² second pass against one untiled 1024² step (the "mid" U-Net
+on the CPU, ``--unet`` to choose).
 
 A script, not a pytest test. CPU default: a mid-size random ldm UNet, batch 1, one thread (~3 min).
 GPU: ``--device cuda --unet sd15 --dtype float16 --batch 2 --sizes 1024,1536,2048,3072``.
@@ -20,6 +21,7 @@ Usage: python tests/benchmarks/bench_asd.py [--device cpu|cuda] [--sizes 1024,12
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -109,44 +111,50 @@ def _sync(args):
         torch.cuda.synchronize()
 
 
-def peak_memory(den, ctx_dim, dtype, args, side, mode):
-    """Peak memory (MiB) of one step above what was allocated before it (run in a fresh fork on CPU)."""
+def peak_memory(den, ctx_dim, dtype, args, side, mode, steps=1):
+    """Peak memory (MiB) of a step above what was allocated before it (run in a fresh fork on CPU); with ``steps``
+    > 1 a list, one value a step (FSTD's step 0 covers the latent with overlapping tiles, later steps do not)."""
     model, x, sigma, cond = _setup(den, ctx_dim, args, side, mode)
     cuda = args.device.startswith("cuda")
+    peaks = []
     with torch.no_grad(), torch.autocast("cuda" if cuda else "cpu", dtype=dtype, enabled=cuda and dtype != torch.float32):
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        elif not _rss_reset():
-            return float("nan")
-        else:
-            base = _status_kb("VmRSS:") * 1024
-        if mode != "untiled":
-            model.set_step(0)
-        model(x, sigma, cond=cond)
-        _sync(args)
-        peak = torch.cuda.max_memory_allocated() - base if cuda else _status_kb("VmHWM:") * 1024 - base
-    return peak / 2**20
+        for i in range(steps):
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            elif not _rss_reset():
+                return float("nan")
+            else:
+                base = _status_kb("VmRSS:") * 1024
+            if mode != "untiled":
+                model.set_step(i)
+            model(x, sigma, cond=cond)
+            _sync(args)
+            peak = torch.cuda.max_memory_allocated() - base if cuda else _status_kb("VmHWM:") * 1024 - base
+            peaks.append(peak / 2**20)
+    return peaks[0] if steps == 1 else peaks
 
 
 def in_fork(fn, *a):
-    """``fn(*a)`` in a forked child (its own peak RSS, the parent's heap untouched); returns a float."""
+    """``fn(*a)`` in a forked child (its own peak RSS, the parent's heap untouched); returns its float or list of
+    floats (nan when it failed)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         try:
-            val = float(fn(*a))
+            val = fn(*a)
+            val = [float(v) for v in val] if isinstance(val, list) else float(val)
         except BaseException:
             val = float("nan")
-        os.write(w, repr(val).encode())
+        os.write(w, json.dumps(val).encode())
         os._exit(0)
     os.close(w)
-    data = os.read(r, 64)
+    data = os.read(r, 4096)
     os.close(r)
     os.waitpid(pid, 0)
-    return float(data or b"nan")
+    return json.loads(data) if data else float("nan")
 
 
 def step_times(den, ctx_dim, dtype, args, side, modes):
@@ -227,14 +235,15 @@ def count_work(args):
 
 
 def memory_8192(args):
-    """Peak RSS growth of one FSTD step at 8192² (small U-Net) and of one untiled step at 1024², in forks."""
+    """Peak RSS growth of one FSTD step at 8192² and of one untiled step at 1024² (``args.unet``), in forks."""
     den, ctx_dim, dtype = build(args)
-    big = in_fork(peak_memory, den, ctx_dim, dtype, args, 8192, "fstd")
+    fstd = in_fork(peak_memory, den, ctx_dim, dtype, args, 8192, "fstd", 2)
+    first, steady = fstd if isinstance(fstd, list) else (fstd, fstd)
     small = in_fork(peak_memory, den, ctx_dim, dtype, args, 1024, "untiled")
     lat = 8192 // 8
     buffers = args.batch * 4 * lat * lat * 4 / 2**20
-    print(f"\nPeak RSS growth of one step (MiB): FSTD 8192² {big:.0f}; untiled 1024² {small:.0f}; "
-          f"one 8192² latent buffer (batch {args.batch}, fp32) {buffers:.0f}\n")
+    print(f"\nPeak RSS growth of one step, {args.unet} U-Net (MiB): FSTD 8192² step 0 {first:.0f}, steady step "
+          f"{steady:.0f}; untiled 1024² {small:.0f}; one 8192² latent buffer (batch {args.batch}, fp32) {buffers:.0f}\n")
 
 
 def machine_name(device="cpu"):

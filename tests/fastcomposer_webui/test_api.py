@@ -54,6 +54,19 @@ def test_omitted_fields_take_the_ui_defaults_and_positional_form(client):
     assert stem.json()["images"] == named.json()["images"]
 
 
+def test_positional_values_given_are_the_values_used(client):
+    """Audit of the positional form: nothing the caller gives is replaced by a default or another field."""
+    r = txt2img(client, [True, "fastcomposer", IMAGES, 0.55, False], enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1)
+    assert r.status_code == 200, r.text[-500:]
+    info = infotexts_of(r.json())[0]
+    assert "FastComposer: model=fastcomposer.safetensors alpha=0.55 hires=false subjects=2" in info
+    # a value out of place (the images where the model goes) is refused naming the field, without echoing the images
+    r = txt2img(client, [True, IMAGES])
+    assert r.status_code == 422 and r.json()["body"] == {"feature": "FastComposer", "param": "model"}
+    assert "parameter 'model': expected a name (text), got a list" in r.json()["errors"]
+    assert len(r.json()["errors"]) < 300
+
+
 def test_disabled_via_api_adds_nothing(client):
     r = txt2img(client, [{"enabled": False, "images": IMAGES}])
     base = txt2img(client, None)
@@ -144,7 +157,8 @@ def test_model_refusals_name_the_folder_relative_to_the_webui(client, model_file
     monkeypatch.setattr(paths, "models_path", os.path.join(paths.data_path, "no-models"))
     empty = txt2img(client, [{"enabled": True, "images": IMAGES}])
     assert empty.status_code == 422
-    assert "parameter 'model': no FastComposer model in no-models/fastcomposer: put the release's" in empty.json()["errors"]
+    assert ("parameter 'model': no FastComposer model in no-models/fastcomposer: download pytorch_model.bin from "
+            "https://huggingface.co/mit-han-lab/fastcomposer into it") in empty.json()["errors"]
     for answer in (unknown, r, empty):
         assert paths.data_path not in answer.text and model_files not in answer.text
 

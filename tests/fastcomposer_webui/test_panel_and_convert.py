@@ -2,6 +2,8 @@
 conversion command; generating with the converted checkpoint's U-Net."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -79,10 +81,20 @@ def test_free_memory_button():
     assert fc.CACHE.model is None
 
 
-def test_no_model_file_is_explained(model_files, monkeypatch, tmp_path):
-    monkeypatch.setattr(fc.models, "models_dir", lambda: str(tmp_path / "empty"))
+def test_no_model_file_shows_the_set_up_steps_in_the_panel(model_files, monkeypatch, tmp_path, sd1):
+    """Without a model file the panel opens with the whole set-up, and says it again when it is turned on."""
+    monkeypatch.setattr(paths, "models_path", os.path.join(paths.data_path, "fresh-models"))
     assert fc.list_models() == [] and fc.default_model_choice() == ""
-    assert "no FastComposer model in" in fc.model_status("")
+    assert os.path.isdir(os.path.join(paths.data_path, "fresh-models", "fastcomposer"))  # made for the user to fill
+    webui = WebUI(sd_model=sd1)
+    script = webui.scripts[("txt2img", "FastComposer")]
+    status = next(b for b in webui.demo.blocks.values() if getattr(b, "elem_id", None) == script.elem_id("status"))
+    for text in (status.value, fc.model_status("")):
+        assert "Download `pytorch_model.bin` from the authors' model page, [mit-han-lab/fastcomposer](https://huggingface.co/mit-han-lab/fastcomposer)" in text
+        assert "Put it into `fresh-models/fastcomposer/` and click 🔄" in text
+        assert "Create WebUI checkpoint" in text and "`fastcomposer-pytorch_model`" in text
+    monkeypatch.undo()
+    assert fc.setup_hint() == ""  # with a model there, the panel starts without it
 
 
 def test_panel_messages_name_model_files_relative_to_the_webui(model_files, checkpoint_dir, monkeypatch):
@@ -99,7 +111,7 @@ def test_panel_messages_name_model_files_relative_to_the_webui(model_files, chec
     assert fc.model_status("missing.bin").startswith("⚠️ 'missing.bin' is not a model in models/fastcomposer; available: ")
     # a --models-dir outside the WebUI's folder is named as such, never by its absolute path
     monkeypatch.setattr(paths, "models_path", os.path.join(os.path.dirname(paths.data_path), "elsewhere"))
-    assert "no FastComposer model in <models-dir>/fastcomposer: " in fc.model_status("")
+    assert "Put it into `<models-dir>/fastcomposer/`" in fc.model_status("")
 
 
 def test_command_line_conversion(release, tmp_path, capsys):
@@ -124,3 +136,53 @@ def test_command_runs_as_a_module(release, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.exists() and "wrote" in r.stdout
+
+
+def readme_commands(lang: str) -> list[str]:
+    """The conversion commands of the README's FastComposer section, in its fenced blocks of ``lang``."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("<!-- fastcomposer:start -->"):text.index("<!-- fastcomposer:end -->")]
+    return [line for block_lang, body in re.findall(r"```(\w+)\n(.*?)```", section, re.S) if block_lang == lang
+            for line in body.splitlines() if "lib_freediff/fastcomposer " in line]
+
+
+def test_readme_commands_run_as_written_from_the_webui_folder(release, tmp_path):
+    """A WebUI folder as users have it (extensions/sd-webui-freediff, models/fastcomposer/pytorch_model.bin); the
+    README's commands are run there, only the interpreter swapped for this one. The Windows lines are the same
+    commands with Windows' interpreter path: paths with '/' only, which Windows' Python reads as well."""
+    posix, windows = readme_commands("sh"), readme_commands("bat")
+    assert len(posix) == len(windows) == 2
+    webui = tmp_path / "webui"
+    (webui / "extensions").mkdir(parents=True)
+    os.symlink(ROOT, webui / "extensions" / "sd-webui-freediff")
+    (webui / "models" / "fastcomposer").mkdir(parents=True)
+    (webui / "models" / "Stable-diffusion").mkdir()
+    shutil.copy(release.bin_path, webui / "models" / "fastcomposer" / "pytorch_model.bin")
+    for line, win in zip(posix, windows):
+        assert line.startswith("venv/bin/python ") and win.startswith(".\\venv\\Scripts\\python ")
+        args = line.split()[1:]
+        assert win.split()[1:] == args and not any("\\" in a for a in args)
+        r = subprocess.run([sys.executable, *args], cwd=webui, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "wrote" in r.stdout
+    with safe_open(str(webui / "models" / "Stable-diffusion" / "fastcomposer-pytorch_model.safetensors"), "pt") as f:
+        assert any(k.startswith("model.diffusion_model.") for k in f.keys())
+    assert (webui / "models" / "fastcomposer" / "fastcomposer.safetensors").exists()
+
+
+def test_install_creates_the_model_folder(tmp_path):
+    """install.py, as the WebUI runs it (its folder on PYTHONPATH), creates models/fastcomposer where the WebUI's
+    models are; without the WebUI's modules, beside the extensions/ folder it sits in."""
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests", "webui_stub"), "FREEDIFF_STUB_DATA": str(data)}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "install.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (data / "models" / "fastcomposer").is_dir()
+    ext = tmp_path / "webui" / "extensions" / "sd-webui-freediff"
+    ext.mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "install.py"), ext / "install.py")
+    env.pop("PYTHONPATH")
+    r = subprocess.run([sys.executable, str(ext / "install.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "webui" / "models" / "fastcomposer").is_dir()

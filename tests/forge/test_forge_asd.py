@@ -22,6 +22,8 @@ SMALL_BUCKETS = "64x64, 96x64, 64x96, 128x64"
 # first pass 96×64, second pass 200×120 in 2×1 tiles of 104×120 px (13×15 latent)
 TARGET = {"enabled": True, "width": 200, "height": 120, "buckets": SMALL_BUCKETS, "tile": 128, "offset_range": 64,
           "overlap": 64, "steps": 3, "denoise": 0.6}
+# img2img renders at the target directly: the txt2img-only fields (buckets, upscaler, denoise, steps) are left out
+TARGET_I2I = {k: v for k, v in TARGET.items() if k not in ("buckets", "upscaler", "denoise", "steps")}
 
 
 def wrappers_of(patcher):
@@ -103,11 +105,11 @@ def test_odd_target_img2img_and_tiled_vae(webui, forge_sd1, monkeypatch):
     real_decode, real_encode = forge_host.tiled_decode, forge_host.tiled_encode_moments
     monkeypatch.setattr(forge_host, "tiled_decode", lambda m, z: decoded.append(z.shape) or real_decode(m, z))
     monkeypatch.setattr(forge_host, "tiled_encode_moments", lambda m, x: encoded.append(x.shape) or real_encode(m, x))
-    res = webui.img2img({ASD: [{**TARGET, "width": 201, "height": 123, "tiled_vae": "on"}]}, init_images=[make_image(160, 96)],
+    res = webui.img2img({ASD: [{**TARGET_I2I, "width": 201, "height": 123, "tiled_vae": "on"}]}, init_images=[make_image(160, 96)],
                         denoising_strength=0.5)
     assert res.images[0].size == (201, 123)
     assert encoded == [(1, 3, 128, 208)] and decoded == [(1, 4, 16, 26)]  # the init image and the result, in tiles
-    off = webui.img2img({ASD: [{**TARGET, "width": 201, "height": 123, "tiled_vae": "off"}]}, init_images=[make_image(160, 96)],
+    off = webui.img2img({ASD: [{**TARGET_I2I, "width": 201, "height": 123, "tiled_vae": "off"}]}, init_images=[make_image(160, 96)],
                         denoising_strength=0.5)
     assert len(decoded) == 1 and np.abs(pixels(off.images[0]) - pixels(res.images[0])).mean() < 2.0
 
@@ -157,7 +159,7 @@ def test_failures_interrupts_and_next_generation(webui, bare, forge_sd1):
     with unet_interrupts_at_call(unet, 5):
         webui.txt2img({ASD: [TARGET]}, steps=3)
     assert same_images(plain, bare.txt2img())
-    assert same_images(bare.img2img(), webui.img2img({ASD: [{**TARGET, "enabled": False}]}))
+    assert same_images(bare.img2img(), webui.img2img({ASD: [{**TARGET_I2I, "enabled": False}]}))
 
 
 def test_multidiffusion_integrated_at_the_same_time_is_refused(forge_sd1):
@@ -185,7 +187,7 @@ def test_controlnet_gets_each_tiles_control(cn_webui, bare, forge_sd1):
         res = cn_webui.txt2img({ASD: [{**TARGET, "mode": mode}], CN: [control()]}, steps=3)
         assert res.images[0].size == (200, 120)
         assert np.abs(pixels(res.images[0]) - pixels(plain.images[0])).mean() > 0.5, mode
-    two = cn_webui.img2img({ASD: [TARGET], CN: [control(), control(weight=0.5, control_mode="ControlNet is more important",
+    two = cn_webui.img2img({ASD: [TARGET_I2I], CN: [control(), control(weight=0.5, control_mode="ControlNet is more important",
                                                                        mask=make_image(96, 64, seed=9))]},
                            init_images=[make_image(200, 120)], denoising_strength=0.5, batch_size=2)
     assert [im.size for im in two.images] == [(200, 120)] * 2
@@ -212,7 +214,7 @@ def tile_hint_means(cn_webui, monkeypatch):
         return original(self, x, hint, timesteps, context, y)
 
     monkeypatch.setattr(TinyControlModel, "forward", recording)
-    cn_webui.img2img({ASD: [{**TARGET, "mode": "none"}], CN: [{"image": half_black_half_white(), "model": "control"}]},
+    cn_webui.img2img({ASD: [{**TARGET_I2I, "mode": "none"}], CN: [{"image": half_black_half_white(), "model": "control"}]},
                      init_images=[make_image(200, 120)], denoising_strength=0.5, steps=2)
     return means
 
@@ -277,7 +279,7 @@ def test_api_txt2img_and_img2img_with_controlnet(cn_webui):
     info = infotexts_of(r.json())[0]
     assert "ASD: width=201 height=123" in info and "FreeU: version=2" in info
     r = client.post("/sdapi/v1/img2img", json={"prompt": "x", "steps": 2, "init_images": [b64_png(make_image(96, 64))],
-                                                "denoising_strength": 0.5, "alwayson_scripts": {ASD: {"args": [TARGET]}}})
+                                                "denoising_strength": 0.5, "alwayson_scripts": {ASD: {"args": [TARGET_I2I]}}})
     assert r.status_code == 200 and image_from_b64(r.json()["images"][0]).size == (200, 120)
     bad = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "alwayson_scripts": {ASD: {"args": [{"enabled": True, "width": -5}]}}})
     assert bad.status_code == 422 and bad.json()["detail"].startswith(f"{ASD}: parameter 'width':")

@@ -78,3 +78,39 @@ def test_img2img_api(client):
         "init_images": [b64_png(make_image())], "alwayson_scripts": {"FreeU": {"args": [{"enabled": True, "preset": "SD2.1"}]}}})
     assert r.status_code == 200, r.text
     assert "preset=SD2.1" in infotexts_of(r.json())[0] and "b1=1.4" in infotexts_of(r.json())[0]
+
+
+def test_positional_values_are_never_silently_replaced(client):
+    """The WebUI pads a short list with the panel's values and preset 'Auto'; the factors given win."""
+    given = txt2img(client, [True, 2, 1.1, 1.2, 0.5, 0.5])  # preset left out, as the README allows
+    assert given.status_code == 200, given.text
+    assert "FreeU: version=2 b1=1.1 b2=1.2 s1=0.5 s2=0.5 preset=Custom" in infotexts_of(given.json())[0]
+    # another family's official values, given on an SD1.5 model, are the caller's too
+    sd14 = txt2img(client, [True, 2, 1.3, 1.4, 0.9, 0.2])
+    assert "FreeU: version=2 b1=1.3 b2=1.4 s1=0.9 s2=0.2 preset=Custom" in infotexts_of(sd14.json())[0]
+    custom = txt2img(client, [True, 2, 1.1, 1.2, 0.5, 0.5, 0.0, 1.0, True, "Custom"])
+    assert custom.json()["images"] == given.json()["images"]
+    # the padding alone (the defaults) keeps Auto: the loaded family's values
+    auto = txt2img(client, [True])
+    assert "b1=1.5 b2=1.6 s1=0.9 s2=0.2 preset=SD1.5" in infotexts_of(auto.json())[0]
+    assert auto.json()["images"] != given.json()["images"]
+
+
+def test_positional_padding_keeps_auto_on_another_family(client):
+    sd1 = shared.sd_model
+    shared.sd_model = TinySD("sdxl")
+    try:
+        r = txt2img(client, [True, 2])
+        assert r.status_code == 200, r.text
+        assert "b1=1.3 b2=1.4 s1=0.9 s2=0.2 preset=SDXL" in infotexts_of(r.json())[0]
+    finally:
+        shared.sd_model = sd1
+
+
+def test_positional_family_preset_with_other_values_is_refused(client):
+    r = txt2img(client, [True, 2, 1.1, 1.6, 0.9, 0.2, 0.0, 1.0, True, "SD1.5"])
+    assert r.status_code == 422, r.text
+    assert "parameter 'b1': is 1.1 but preset 'SD1.5' sets b1=1.5" in r.json()["errors"]
+    assert r.json()["body"] == {"feature": "FreeU", "param": "b1"}
+    ok = txt2img(client, [True, 2, 1.5, 1.6, 0.9, 0.2, 0.0, 1.0, True, "SD1.5"])
+    assert ok.status_code == 200 and "preset=SD1.5" in infotexts_of(ok.json())[0]

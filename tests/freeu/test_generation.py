@@ -155,3 +155,33 @@ def test_xyz_override_of_b1_uses_custom_values(webui):
     with closing(p):
         res = processing.process_images(p)
     assert "b1=1.05" in res.infotexts[0] and "preset=Custom" in res.infotexts[0]
+
+
+def test_ui_auto_keeps_auto_whatever_family_the_sliders_show(webui):
+    """In the panel, b1..s2 are read-only beside Auto and show the family loaded when Values last changed."""
+    shown_sdxl = webui.txt2img({FREEU: [True, 2, 1.3, 1.4, 0.9, 0.2, 0.0, 1.0, True, "Auto"]}, steps=2)
+    assert "b1=1.5 b2=1.6 s1=0.9 s2=0.2 preset=SD1.5" in shown_sdxl.infotexts[0]
+    # values no preset has are the caller's own (a script or extension passing args): Custom
+    own = webui.txt2img({FREEU: [True, 2, 1.1, 1.2, 0.5, 0.5, 0.0, 1.0, True, "Auto"]}, steps=2)
+    assert "b1=1.1 b2=1.2 s1=0.5 s2=0.5 preset=Custom" in own.infotexts[0]
+
+
+def test_ui_family_preset_with_other_values_is_refused(webui):
+    from lib_freediff.errors import ParamError
+
+    with pytest.raises(ParamError) as e:
+        webui.txt2img({FREEU: [True, 2, 1.5, 1.6, 0.9, 0.3, 0.0, 1.0, True, "SD2.1"]}, steps=2)
+    assert e.value.param == "b1" and "preset 'SD2.1' sets b1=1.4" in str(e.value)
+
+
+def test_xyz_axis_over_the_preset_uses_its_values(webui):
+    from contextlib import closing
+
+    from lib_freediff.webui.overrides import set_override
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(scripts=webui.runners["txt2img"], script_args=webui.script_args("txt2img", {FREEU: [True]}), steps=2, width=64, height=64, seed=1)
+    set_override(p, FREEU, "preset", "SDXL")
+    with closing(p):
+        res = processing.process_images(p)
+    assert "b1=1.3 b2=1.4 s1=0.9 s2=0.2 preset=SDXL" in res.infotexts[0]

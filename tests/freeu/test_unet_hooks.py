@@ -1,11 +1,13 @@
-"""Which output blocks FreeU changes, on ldm U-Nets of SD1.5 and SDXL block layout, and that the
+"""Which output blocks FreeU changes, on ldm U-Nets of SD1.5, SD2.x and SDXL block layout, and that the
 hooked forward equals a hand-written FreeU U-Net forward (the official code's loop)."""
 
+import pytest
 import torch
 
 from lib_freediff.freeu.ops import fourier_filter, scale_backbone_
 from lib_freediff.freeu.unet import FreeUFactors, FreeUPatch, attached_hook_count, find_stages
-from tiny_sd import sd15_unet_full_blocks, sdxl_unet_full_blocks, tiny_unet
+from lib_freediff.unet_info import model_family
+from tiny_sd import sd2_unet_full_blocks, sd15_unet_full_blocks, sdxl_unet_full_blocks, tiny_unet
 
 FACTORS = FreeUFactors(version=2, b1=1.5, b2=1.6, s1=0.9, s2=0.2)
 
@@ -33,6 +35,19 @@ def test_sd15_layout_stages():
     assert [s.block_index for s in stages if s.stage == 2] == [7, 8, 9]
     x = torch.randn(1, 4, 32, 32)
     assert changed_blocks(unet, x, torch.tensor([500]), torch.randn(1, 77, 64)) == list(range(10))
+    assert attached_hook_count(unet) == 0
+
+
+def test_sd2_layout_stages():
+    """SD2.x (768-v / 512-base): SD1.5's levels with linear projections and context 1024: the same stages."""
+    unet = sd2_unet_full_blocks()
+    assert model_family(unet) == "sd2" and len(unet.output_blocks) == 12
+    stages = find_stages(unet)
+    assert [s.block_index for s in stages if s.stage == 1] == [0, 1, 2, 3, 4, 5, 6]
+    assert [s.block_index for s in stages if s.stage == 2] == [7, 8, 9]
+    assert {s.backbone_channels for s in stages} == {128, 64}  # 4× and 2× the base channels (1280 and 640 on SD2)
+    x = torch.randn(1, 4, 32, 32)
+    assert changed_blocks(unet, x, torch.tensor([500]), torch.randn(1, 77, 1024)) == list(range(10))
     assert attached_hook_count(unet) == 0
 
 
@@ -68,8 +83,10 @@ def freeu_forward_by_hand(unet, x, timesteps, context, factors, stages):
     return unet.out(h)
 
 
-def test_hooked_forward_equals_handwritten_freeu_unet():
-    unet = tiny_unet("sd1", context_dim=64)
+@pytest.mark.parametrize("make", [lambda: tiny_unet("sd1", context_dim=64), lambda: sd2_unet_full_blocks(context_dim=64)],
+                         ids=["sd1", "sd2-full-blocks"])
+def test_hooked_forward_equals_handwritten_freeu_unet(make):
+    unet = make()
     x, t, ctx = torch.randn(2, 4, 32, 32), torch.tensor([900, 100]), torch.randn(2, 77, 64)
     with torch.no_grad():
         plain = unet(x, t, context=ctx)

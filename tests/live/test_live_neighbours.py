@@ -21,6 +21,9 @@ ASD = "Any-Size Diffusion"
 # (first pass from small custom buckets: 256×128 for this ratio, cheap on a CPU)
 TARGET = {"enabled": True, "width": 301, "height": 173, "tile": 128, "offset_range": 64, "overlap": 64, "steps": 3,
           "denoise": 0.5, "upscaler": "Latent", "buckets": "256x128, 192x192, 128x256"}
+# img2img renders the target directly: ASD's first-pass and upscale fields are refused there
+TARGET_I2I = {k: v for k, v in TARGET.items() if k not in ("buckets", "upscaler", "denoise", "steps")}
+TARGETS = {"txt2img": TARGET, "img2img": TARGET_I2I}
 BASE = {"prompt": "a lighthouse on a cliff, photo", "negative_prompt": "blurry", "steps": 4, "width": 256, "height": 256,
         "seed": 77, "sampler_name": "Euler", "cfg_scale": 6}
 
@@ -100,11 +103,11 @@ def baselines():
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
 @pytest.mark.parametrize("mode", ["implicit", "explicit", "none"])
 def test_asd_with_controlnet_units(cn_models, baselines, tab, mode):
-    alone = generate(tab, payload(tab, {ASD: {"args": [{**TARGET, "mode": mode}]}}))
+    alone = generate(tab, payload(tab, {ASD: {"args": [{**TARGETS[tab], "mode": mode}]}}))
     first = cn_models["control"][0]
     second = cn_models["control"][-1]
     for units in ([unit(first, pixel_perfect=True)], [unit(first), unit(second, pixel_perfect=True, image_size=(97, 203), seed=4)]):
-        r = generate(tab, payload(tab, {ASD: {"args": [{**TARGET, "mode": mode}]}, "ControlNet": {"args": units}}))
+        r = generate(tab, payload(tab, {ASD: {"args": [{**TARGETS[tab], "mode": mode}]}, "ControlNet": {"args": units}}))
         out = pixels(r)
         assert out.shape == (173, 301, 3)
         assert np.abs(out - pixels(alone)).mean() > 0.5, "the control must act in the tiled pass"
@@ -123,9 +126,9 @@ def test_ip_adapter_same_image_for_every_tile_batch(cn_models):
     images = []
     # the first IP-Adapter generation after the server starts differed from the later ones even at identical U-Net
     # calls (ControlNet v1.1.455, CPU), so one run warms it up before the comparison
-    generate("img2img", payload("img2img", {ASD: {"args": [TARGET]}, "ControlNet": {"args": [ip]}}))
+    generate("img2img", payload("img2img", {ASD: {"args": [TARGET_I2I]}, "ControlNet": {"args": [ip]}}))
     for tile_batch in (1, 3, 4):
-        r = generate("img2img", payload("img2img", {ASD: {"args": [{**TARGET, "tile_batch": tile_batch}]}, "ControlNet": {"args": [ip]}}))
+        r = generate("img2img", payload("img2img", {ASD: {"args": [{**TARGET_I2I, "tile_batch": tile_batch}]}, "ControlNet": {"args": [ip]}}))
         images.append(pixels(r))
     for other in images[1:]:
         diff = np.abs(images[0] - other)

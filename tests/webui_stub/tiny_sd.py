@@ -27,15 +27,16 @@ def randomize_zero_init(module: torch.nn.Module, seed: int = 0, scale: float = 0
     return module
 
 
-def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_dim=None):
+def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_dim=None, attention_resolutions=None):
     """A small UNetModel of the family's topology: SD1.5 (4 levels, attention at 3), SD2 (linear
     projections, context 1024, head width 64), SDXL (3 levels, attention at the 2 lower, context 2048,
     label embedding); ``context_dim`` narrows the cross-attention width for speed where family facts
-    (context width) do not matter."""
+    (context width) do not matter; ``attention_resolutions`` (e.g. ``[4]``: the deepest level only) spares the
+    full-resolution self-attention where large images are rendered for their sizes alone."""
     torch.manual_seed(seed)
     if family == "sdxl":
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
-                         attention_resolutions=[2, 4], num_res_blocks=1, channel_mult=(1, 2, 4), num_head_channels=16,
+                         attention_resolutions=attention_resolutions or [2, 4], num_res_blocks=1, channel_mult=(1, 2, 4), num_head_channels=16,
                          use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
                          context_dim=context_dim or 2048, legacy=False)
         # SDXL's class embedding of the pooled text + size vector, as sgm builds it
@@ -46,13 +47,13 @@ def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_di
         unet.adm_in_channels = adm
     elif family == "sd2":
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
-                         attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4), num_head_channels=16,
-                         use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                         attention_resolutions=attention_resolutions or [4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4),
+                         num_head_channels=16, use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
                          context_dim=context_dim or 1024, legacy=False)
     else:
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
-                         attention_resolutions=[4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4), num_heads=8,
-                         use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim or 768, legacy=False)
+                         attention_resolutions=attention_resolutions or [4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4),
+                         num_heads=8, use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim or 768, legacy=False)
     return randomize_zero_init(unet, seed).eval()
 
 
@@ -62,6 +63,17 @@ def sd15_unet_full_blocks(model_channels=32, seed=0, context_dim=64):
     unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
                      attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_heads=8,
                      use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim, legacy=False)
+    return randomize_zero_init(unet, seed).eval()
+
+
+def sd2_unet_full_blocks(model_channels=32, seed=0, context_dim=1024):
+    """SD2.x's block layout (768-v and 512-base: SD1.5's levels and 12 output blocks, linear transformer
+    projections, fixed-width heads, context 1024) at a small width."""
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
+                     attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_head_channels=16,
+                     use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
+                     context_dim=context_dim, legacy=False)
     return randomize_zero_init(unet, seed).eval()
 
 
@@ -155,10 +167,12 @@ class HashTextEncoder(torch.nn.Module):
 class TinySD(torch.nn.Module):
     """The parts of the WebUI's ``shared.sd_model`` (LatentDiffusion / DiffusionEngine) the pipeline uses."""
 
-    def __init__(self, family="sd1", unet=None, inpainting=False, seed=0, context_dim=None, cond_stage_model=None):
+    def __init__(self, family="sd1", unet=None, inpainting=False, seed=0, context_dim=None, cond_stage_model=None,
+                 parameterization="eps"):
         """``cond_stage_model``: a text encoder to use instead of the word-hash stand-in, e.g. the WebUI's
         CLIP wrapper from ``modules.sd_hijack_clip.build_cond_stage_model`` (its width must be the U-Net's
-        context width)."""
+        context width). ``parameterization``: ``"v"`` for v-prediction models (SD2.x 768-v), which the WebUI
+        samples through k-diffusion's ``CompVisVDenoiser``."""
         super().__init__()
         self.family = family
         self.is_sdxl = family == "sdxl"
@@ -170,7 +184,7 @@ class TinySD(torch.nn.Module):
         self.first_stage_model = TinyAutoencoderKL(seed=seed)
         ctx = context_dim or {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
         self.cond_stage_model = cond_stage_model if cond_stage_model is not None else HashTextEncoder(ctx, seed=seed)
-        self.parameterization = "eps"
+        self.parameterization = parameterization
         self.scale_factor = 0.18215
         self.latent_channels = 4
         self.register_buffer("alphas_cumprod", sd_alphas_cumprod().float())

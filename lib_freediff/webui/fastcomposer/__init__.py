@@ -10,7 +10,7 @@ from lib_freediff.webui import features
 from lib_freediff.webui.fastcomposer import layout, models, session
 from lib_freediff.webui.fastcomposer.layout import subject_count
 from lib_freediff.webui.fastcomposer.models import (CACHE, convert_model, default_model_choice, free_memory, list_models,
-                                                    model_status, models_dir, resolve_model)
+                                                    model_status, models_dir, resolve_model, setup_hint, setup_steps)
 from lib_freediff.webui.fastcomposer.session import (FastComposerSession, before_hr, clear_cond_caches, postprocess,
                                                      process)
 
@@ -30,5 +30,6 @@ __all__ = [
     "CACHE", "FASTCOMPOSER_PARAMS", "FEATURE", "FEATURE_SPEC", "MAX_IMAGES", "PRESET_FEATURE", "PRESET_PARAMS",
     "FastComposerSession", "before_hr", "clear_cond_caches", "collect_images", "convert_model",
     "default_model_choice", "free_memory", "image_hash", "layout", "list_models", "model_hash", "model_status",
-    "models", "models_dir", "postprocess", "process", "resolve_model", "session", "subject_count",
+    "models", "models_dir", "postprocess", "process", "resolve_model", "session", "setup_hint", "setup_steps",
+    "subject_count",
 ]

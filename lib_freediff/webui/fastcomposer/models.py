@@ -16,6 +16,8 @@ from lib_freediff.unet_info import model_family
 
 MODELS_SUBDIR = "fastcomposer"
 MODEL_EXTENSIONS = (".bin", ".safetensors")
+MODEL_PAGE = "https://huggingface.co/mit-han-lab/fastcomposer"
+RELEASE_FILE = "pytorch_model.bin"
 
 CACHE = FastComposerCache()
 
@@ -50,8 +52,13 @@ def model_file_message(error: FreeDiffError, name: str, path: str) -> str:
 
 
 def list_models() -> list[str]:
-    """Model files under models/fastcomposer (relative names with '/'), sorted."""
+    """Model files under models/fastcomposer (relative names with '/'), sorted. The folder is created when
+    missing (install.py makes it too, but cannot see a ``--models-dir`` given on the command line)."""
     root = models_dir()
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:
+        pass  # a read-only models folder: listed as empty, and the panel says where the file goes
     found = []
     if os.path.isdir(root):
         for folder, _dirs, files in os.walk(root):
@@ -61,12 +68,31 @@ def list_models() -> list[str]:
     return sorted(found, key=str.lower)
 
 
+def setup_steps() -> str:
+    """The set-up, in one place: what the panel shows while models/fastcomposer holds no model file."""
+    folder = display_path(models_dir())
+    return (f"**FastComposer needs its model file, once:**\n\n"
+            f"1. Download `{RELEASE_FILE}` from the authors' model page, [mit-han-lab/fastcomposer]({MODEL_PAGE}) "
+            f"(*Files and versions*).\n"
+            f"2. Put it into `{folder}/` and click 🔄 beside **FastComposer model**.\n"
+            f"3. Click **Create WebUI checkpoint**, then select `fastcomposer-pytorch_model` in the Stable Diffusion "
+            f"checkpoint dropdown (its fine-tuned U-Net: without it the subjects will not look like the photos).\n"
+            f"4. Write `img` after each subject's noun (`a man img and a woman img at the beach`) and give one "
+            f"image per marked noun, in order.")
+
+
+def setup_hint() -> str:
+    """The panel's first status line: the set-up steps while there is no model file, else nothing."""
+    return "" if list_models() else setup_steps()
+
+
 def resolve_model(name: str) -> tuple[str, str]:
     """(name, absolute path) of a model file; '' means the first one. Only files of the folder count."""
     names = list_models()
     if not names:
-        raise ParamError(FEATURE, "model", f"no FastComposer model in {display_path(models_dir())}: put the release's "
-                                           "pytorch_model.bin (or a .safetensors copy) there")
+        raise ParamError(FEATURE, "model", f"no FastComposer model in {display_path(models_dir())}: download "
+                                           f"{RELEASE_FILE} from {MODEL_PAGE} into it (or a .safetensors copy); the "
+                                           "panel shows the set-up steps")
     name = (name or "").strip()
     if not name:
         name = names[0]
@@ -156,6 +182,8 @@ def has_fastcomposer_unet(sd_model, path: str) -> bool:
 def model_status(name: str | None = None) -> str:
     """One line of Markdown for the panel: is the loaded WebUI model FastComposer's U-Net?"""
     sd_model = shared.sd_model
+    if not list_models():
+        return setup_steps()
     try:
         mname, path = resolve_model(name or "")
     except ParamError as e:

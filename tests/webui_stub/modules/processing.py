@@ -43,6 +43,7 @@ class StableDiffusionProcessing:
         self.override_settings = override_settings or {}
         self.extra_generation_params = {}
         self.is_hr_pass = False
+        self.is_api = False  # set by the API endpoints
         self.sampler = None
         self.sd_model = shared.sd_model
         self.iteration = 0

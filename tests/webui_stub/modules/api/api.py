@@ -96,6 +96,7 @@ class Api:
         script_args = self.init_script_args(request, self.default_args[tab], runner)
         fields = {k: v for k, v in request.items() if k in P_FIELDS}
         p = cls(scripts=runner, script_args=script_args, **fields, **extra)
+        p.is_api = True  # as v1.10.1's text2imgapi / img2imgapi
         with closing(p):
             processed = processing.process_images(p)
         return {"images": [encode_pil_to_base64(im) for im in processed.images], "parameters": request, "info": processed.js()}
