@@ -8,11 +8,12 @@ ControlNet) replaces ``UNetModel.forward`` but still calls the output blocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Hashable, NamedTuple, Optional, Tuple
 
 import torch
 
 from lib_freediff.freeu.ops import fourier_filter, scale_backbone_
+from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.unet_info import model_channels, skip_channels
 
 
@@ -52,6 +53,28 @@ def find_stages(unet: torch.nn.Module) -> list[FreeUStage]:
     return stages
 
 
+def apply_stage(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, factors: FreeUFactors,
+                tiles: Optional[TileStats] = None, block: Hashable = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """FreeU on one decoder stage: the backbone ``h`` scaled in place, the skip ``hsp`` filtered; returns both.
+
+    The host-neutral core of a stage hook (A1111: a forward pre-hook on the output block; Forge: an output-block
+    patch ``fn(h, hsp, transformer_options)``). ``tiles``: the tiled pass's :class:`TileStats`; inside a tiled
+    U-Net call the tiles then share the whole latent's statistics, keyed by ``block`` (any hashable that names
+    the output block); elsewhere, and without it, this is plain FreeU.
+    """
+    if tiles is None:
+        if b != 1:
+            scale_backbone_(h, b, factors.version)
+        if s != 1:
+            hsp = fourier_filter(hsp, factors.threshold, s)
+    else:
+        if b != 1:
+            tiles.scale_backbone_(h, b, factors.version, block)
+        if s != 1:
+            hsp = tiles.fourier_filter(hsp, factors.threshold, s, block)
+    return h, hsp
+
+
 class _StageHook:
     """Pre-hook of one output block: scales the backbone part and filters the skip part of its input."""
 
@@ -70,19 +93,19 @@ class _StageHook:
         b, s = factors.for_stage(self.stage.stage)
         # the cat result belongs to this forward alone, so it can be rewritten in place when no grad is kept
         out = x.clone() if x.requires_grad else x
-        if b != 1:
-            scale_backbone_(out[:, :cb], b, factors.version)
+        _, skip = apply_stage(out[:, :cb], out[:, cb:], b, s, factors, self.patch.tiles, self.stage.block_index)
         if s != 1:
-            out[:, cb:] = fourier_filter(out[:, cb:], factors.threshold, s)
+            out[:, cb:] = skip
         return None if out is x else (out, *args[1:])
 
 
 class FreeUPatch:
     """FreeU on one U-Net; attach() adds the hooks, remove() takes every one of them off again."""
 
-    def __init__(self, unet: torch.nn.Module, factors: FreeUFactors):
+    def __init__(self, unet: torch.nn.Module, factors: FreeUFactors, tiles: Optional[TileStats] = None):
         self.unet = unet
         self.factors = factors
+        self.tiles = tiles  # consulted inside a tiled pass's U-Net calls (lib_freediff.freeu.tiled)
         self.stages = find_stages(unet)
         self.active = True
         self._handles: list = []

@@ -17,6 +17,7 @@ from lib_freediff.asd.fstd import TiledDenoiser, default_tile_batch
 from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, buckets_for, check_values
 from lib_freediff.asd.tiled_vae import should_tile, tiled_decode, tiled_encode
 from lib_freediff.asd.tiles import GridPlan, grid_plan
+from lib_freediff.freeu.params import FEATURE as FREEU
 from lib_freediff.schedule import sampler_step
 from lib_freediff.unet_info import model_family
 from lib_freediff.webui import features, runtime
@@ -155,6 +156,9 @@ class ASDSession:
             reset_every=v["reset_every"], tile_batch=tile_batch, seed=int(p.seeds[0]) if getattr(p, "seeds", None) else 0,
             prediction=prediction, alphas_cumprod=getattr(shared.sd_model, "alphas_cumprod", None))
         self.tiler.tile_context = self.controlnet
+        freeu = runtime.get(FREEU)
+        if freeu is not None:  # FreeU on the whole latent's statistics, not each tile's (lib_freediff.freeu.tiled)
+            self.tiler.tile_hooks.append(freeu.tile_stats)
         cfg.model_wrap = self.tiler
         self._cfg = (cfg, inner)
 

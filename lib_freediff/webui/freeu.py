@@ -7,6 +7,7 @@ from typing import Mapping
 from modules import shared
 
 from lib_freediff.freeu.params import AUTO_FAMILY, BUILTIN_PRESETS, CUSTOM, FACTOR_NAMES, FEATURE, FREEU_PARAMS, factors_of, infotext_value, resolve
+from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.freeu.unet import FreeUPatch, remove_all_hooks
 from lib_freediff.schedule import in_window, sampler_step
 from lib_freediff.unet_info import model_family
@@ -37,16 +38,18 @@ class FreeUSession:
         self.values = values
         self.patch = None
         self.in_hires = False
+        self.tile_stats = TileStats()  # the tiles of ASD's tiled pass share the whole latent's statistics
         self.attach()
 
     def attach(self) -> None:
+        self.tile_stats.reset()  # before every sampling run: statistics of an earlier run are never used
         unet = current_unet()
         if self.patch is not None and self.patch.unet is unet:
             return
         if self.patch is not None:
             self.patch.remove()
         remove_all_hooks(unet)  # anything an earlier, crashed process left behind
-        self.patch = FreeUPatch(unet, factors_of(self.values)).attach()
+        self.patch = FreeUPatch(unet, factors_of(self.values), tiles=self.tile_stats).attach()
         self.patch.active = self._pass_enabled() and self.values["start"] <= 0
 
     def _pass_enabled(self) -> bool:
