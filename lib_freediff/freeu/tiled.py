@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, Hashable, Iterator, Optional
+from typing import Any, Dict, Hashable, Iterator, Optional, Tuple
 
 import torch
 
@@ -49,12 +49,32 @@ def _whole_length(length: int, tile_length: int, feature_length: int) -> int:
     return -(-length // factor)
 
 
-def _phases(starts, tile_length: int, feature_length: int, length: int, freqs, device) -> torch.Tensor:
-    """``exp(−2πi·k·u/L)`` at the centres ``u`` (latent px) of the feature cells of each tile: (tiles, cells, freqs)."""
+def _phases(starts, tile_length: int, feature_length: int, length: int, freqs, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``cos θ, sin θ``, ``θ = 2π·k·u/L`` at the centres ``u`` (latent px) of each tile's feature cells along an axis of
+    the latent (length ``L``), for the frequencies ``k``: two (tiles, cells, freqs) float32 tensors."""
     cells = (torch.arange(feature_length, dtype=torch.float64) + 0.5) * (tile_length / feature_length)
     u = torch.tensor(starts, dtype=torch.float64)[:, None] + cells[None, :]
-    angle = -2 * math.pi * u[..., None] * torch.tensor(freqs, dtype=torch.float64) / length
-    return torch.polar(torch.ones_like(angle), angle).to(device, torch.complex64)
+    angle = 2 * math.pi * u[..., None] * torch.tensor(freqs, dtype=torch.float64) / length
+    return angle.cos().to(device, torch.float32), angle.sin().to(device, torch.float32)
+
+
+def _box_coefficients(x: torch.Tensor, ey, ex) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of ``Σ x·exp(−iθy)·exp(−iθx)`` over each tile's cells, summed over the tiles:
+    ``x`` (tiles, rows, C, h, w) → (rows, C, Ky, Kx) each. Real arithmetic only (complex matmuls are not on every
+    device), and the feature-sized tensors are contracted first."""
+    (cy, sy), (cx, sx) = ey, ex
+    ar, ai = torch.einsum("trcyx,tyk->trckx", x, cy), -torch.einsum("trcyx,tyk->trckx", x, sy)
+    real = torch.einsum("trckx,txl->rckl", ar, cx) + torch.einsum("trckx,txl->rckl", ai, sx)
+    imag = torch.einsum("trckx,txl->rckl", ai, cx) - torch.einsum("trckx,txl->rckl", ar, sx)
+    return real, imag
+
+
+def _box_component(real: torch.Tensor, imag: torch.Tensor, ey, ex) -> torch.Tensor:
+    """``Re Σ c·exp(iθy)·exp(iθx)`` over the box on each tile's cells: (rows, C, Ky, Kx) → (tiles, rows, C, h, w)."""
+    (cy, sy), (cx, sx) = ey, ex
+    br = torch.einsum("rckl,txl->trckx", real, cx) - torch.einsum("rckl,txl->trckx", imag, sx)
+    bi = torch.einsum("rckl,txl->trckx", real, sx) + torch.einsum("rckl,txl->trckx", imag, cx)
+    return torch.einsum("trckx,tyk->trcyx", br, cy) - torch.einsum("trckx,tyk->trcyx", bi, sy)
 
 
 class TileStats:
@@ -123,22 +143,21 @@ class TileStats:
         th, tw = first.y1 - first.y0, first.x1 - first.x0
         ky = box_frequencies(_whole_length(call.height, th, fh), threshold)
         kx = box_frequencies(_whole_length(call.width, tw, fw), threshold)
-        ey = _phases([b.y0 for b in call.boxes], th, fh, call.height, ky, h.device)  # (tiles, fh, Ky)
-        ex = _phases([b.x0 for b in call.boxes], tw, fw, call.width, kx, h.device)  # (tiles, fw, Kx)
+        ey = _phases([b.y0 for b in call.boxes], th, fh, call.height, ky, h.device)  # (tiles, fh, Ky) × 2
+        ex = _phases([b.x0 for b in call.boxes], tw, fw, call.width, kx, h.device)  # (tiles, fw, Kx) × 2
         x = h.float().view(n, rows, c, fh, fw)
-        # each cell weighted by its area (th·tw / (fh·fw) latent px), normalised by the area gathered; the big
-        # tensors stay real (a complex copy of the feature would double its memory)
-        along_y = torch.complex(torch.einsum("trcyx,tyk->trckx", x, ey.real), torch.einsum("trcyx,tyk->trckx", x, ey.imag))
-        coeffs = torch.einsum("trckx,txl->rckl", along_y, ex) * (th * tw / (fh * fw))
+        area = th * tw  # each cell weighted by its area (th·tw / (fh·fw) latent px); normalised by the area gathered
+        real, imag = _box_coefficients(x, ey, ex)
+        coeffs = (real * (area / (fh * fw)), imag * (area / (fh * fw)))
         key = ("box", block, call.key, ky, kx)
         seen = self._cur.get(key)
-        self._cur[key] = (coeffs, n * th * tw) if seen is None else (seen[0] + coeffs, seen[1] + n * th * tw)
+        if seen is None:
+            self._cur[key] = (*coeffs, n * area)
+        else:
+            self._cur[key] = (seen[0] + coeffs[0], seen[1] + coeffs[1], seen[2] + n * area)
         prev = self._prev.get(key)
         if prev is None:
             return fourier_filter(h, threshold, scale)
         self.applied += 1
-        # P = Re(Σ c·conj(ey)·conj(ex)) over the box, on this call's cells
-        along_x = torch.einsum("rckl,txl->trckx", prev[0] / prev[1], ex.conj())
-        ey = ey.conj()
-        low = torch.einsum("trckx,tyk->trcyx", along_x.real, ey.real) - torch.einsum("trckx,tyk->trcyx", along_x.imag, ey.imag)
+        low = _box_component(prev[0] / prev[2], prev[1] / prev[2], ey, ex)
         return (x + (scale - 1) * low).view(h.shape).to(h.dtype)
