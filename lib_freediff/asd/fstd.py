@@ -35,8 +35,8 @@ ratio 0.97 against 0.91 for the extra tiles and 0.89 for this, over 16 seeds of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from contextlib import ExitStack
+from typing import Any, Callable, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -89,6 +89,23 @@ class CallInfo:
     inner_calls: int
 
 
+class TileCall(NamedTuple):
+    """One U-Net call the tiler makes on tiles, as :attr:`TiledDenoiser.tile_hooks` are told of it."""
+
+    step: int
+    call: int  # position among the model calls of the step
+    shape: Tuple[int, ...]  # the whole latent's (B, C, H, W)
+    boxes: Tuple[TileBox, ...]  # the call's tiles, concatenated in this order along the batch dim
+    rows: int  # B: each tile carries every row of the latent (cond and uncond rows alike)
+    height: int
+    width: int
+
+    @property
+    def key(self) -> Tuple[int, Tuple[int, ...]]:
+        """What identifies "the same call" from one step to the next (as the carried predictions are keyed)."""
+        return (self.call, self.shape)
+
+
 class TiledDenoiser(torch.nn.Module):
     """Wraps a k-diffusion style denoiser ``inner(x, sigma, cond=...)`` and runs it tile by tile.
 
@@ -105,7 +122,9 @@ class TiledDenoiser(torch.nn.Module):
     hints); any other tensor whose first dim is ``B`` (cross-attention context, SDXL ``vector``,
     ``sigma``) is repeated per tile; everything else is passed through. Up to ``tile_batch`` tiles go
     through ``inner`` per call (the tiles of a step split as evenly as possible between the calls),
-    concatenated tile-major along the batch dim; :attr:`tile_context`, when set, is entered around each.
+    concatenated tile-major along the batch dim; :attr:`tile_context`, when set, is entered around each, and so is
+    every one of :attr:`tile_hooks` (called with the :class:`TileCall`: e.g. FreeU's whole-latent statistics,
+    :class:`lib_freediff.freeu.tiled.TileStats`).
 
     Steps: call :meth:`set_step` before the model calls of each sampler step (calling it again with
     the same index is a no-op) and :meth:`reset` before each sampling run. Offsets: step ``i`` uses
@@ -151,6 +170,8 @@ class TiledDenoiser(torch.nn.Module):
         # entered around each tiled call of ``inner`` with (boxes, rows per tile, H, W): lets the host give
         # state that lives outside the call's arguments (e.g. another extension's control images) per tile
         self.tile_context: Optional[Callable[[Sequence[TileBox], int, int, int], ContextManager]] = None
+        # also entered around each tiled call, told the step and call too: what keeps state across a step's tiles
+        self.tile_hooks: List[Callable[[TileCall], ContextManager]] = []
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------
@@ -306,7 +327,11 @@ class TiledDenoiser(torch.nn.Module):
             chunk = boxes[s:e]
             xt = _cut(x, chunk, 1)
             args = {name: _tile_arg(v, chunk, B, H, W, rep_cache) for name, v in kwargs.items()}
-            with (self.tile_context(chunk, B, H, W) if self.tile_context is not None else nullcontext()):
+            with ExitStack() as stack:
+                if self.tile_context is not None:
+                    stack.enter_context(self.tile_context(chunk, B, H, W))
+                for hook in self.tile_hooks:
+                    stack.enter_context(hook(TileCall(step, k, tuple(x.shape), tuple(chunk), B, H, W)))
                 out = self.inner(xt, _tile_arg(sigma, chunk, B, H, W, rep_cache), **args)
             n_inner += 1
             if acc is None:

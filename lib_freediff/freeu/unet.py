@@ -13,11 +13,12 @@ Both act on the stages the official code does: backbone of 4× the model's base 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Hashable, NamedTuple, Optional, Tuple
 
 import torch
 
 from lib_freediff.freeu.ops import fourier_filter, scale_backbone_
+from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.unet_info import model_channels, skip_channels
 
 
@@ -46,13 +47,19 @@ def stage_of(backbone_channels: int, base_channels: int) -> int | None:
     return {4 * base_channels: 1, 2 * base_channels: 2}.get(int(backbone_channels))
 
 
-def apply_stage(h: torch.Tensor, skip: torch.Tensor, factors: FreeUFactors, stage: int) -> torch.Tensor:
-    """Scales the backbone ``h`` in place and returns the filtered ``skip`` of one FreeU stage."""
+def apply_stage(h: torch.Tensor, skip: torch.Tensor, factors: FreeUFactors, stage: int,
+                tiles: Optional[TileStats] = None, block: Hashable = None) -> torch.Tensor:
+    """Scales the backbone ``h`` in place and returns the filtered ``skip`` of one FreeU stage: the body of both
+    forms. ``tiles``: the tiled pass's :class:`TileStats`; inside a tiled U-Net call the tiles then share the whole
+    latent's statistics, keyed by ``block`` (any hashable that names the output block); elsewhere this is plain FreeU."""
     b, s = factors.for_stage(stage)
     if b != 1:
-        scale_backbone_(h, b, factors.version)
+        if tiles is None:
+            scale_backbone_(h, b, factors.version)
+        else:
+            tiles.scale_backbone_(h, b, factors.version, block)
     if s != 1:
-        skip = fourier_filter(skip, factors.threshold, s)
+        skip = fourier_filter(skip, factors.threshold, s) if tiles is None else tiles.fourier_filter(skip, factors.threshold, s, block)
     return skip
 
 
@@ -89,7 +96,7 @@ class _StageHook:
         # the cat result belongs to this forward alone, so it can be rewritten in place when no grad is kept
         out = x.clone() if x.requires_grad else x
         skip = out[:, cb:]
-        filtered = apply_stage(out[:, :cb], skip, self.patch.factors, self.stage.stage)
+        filtered = apply_stage(out[:, :cb], skip, self.patch.factors, self.stage.stage, self.patch.tiles, self.stage.block_index)
         if filtered is not skip:
             skip.copy_(filtered)
         return None if out is x else (out, *args[1:])
@@ -98,9 +105,10 @@ class _StageHook:
 class FreeUPatch:
     """FreeU on one U-Net; attach() adds the hooks, remove() takes every one of them off again."""
 
-    def __init__(self, unet: torch.nn.Module, factors: FreeUFactors):
+    def __init__(self, unet: torch.nn.Module, factors: FreeUFactors, tiles: Optional[TileStats] = None):
         self.unet = unet
         self.factors = factors
+        self.tiles = tiles  # consulted inside a tiled pass's U-Net calls (lib_freediff.freeu.tiled)
         self.stages = find_stages(unet)
         self.active = True
         self._handles: list = []
@@ -135,16 +143,17 @@ class FreeUBlockPatch:
     object, so that the switch reaches the clone that samples.
     """
 
-    def __init__(self, factors: FreeUFactors, base_channels: int):
+    def __init__(self, factors: FreeUFactors, base_channels: int, tiles: Optional[TileStats] = None):
         self.factors = factors
         self.base_channels = int(base_channels)
+        self.tiles = tiles  # consulted inside a tiled pass's U-Net calls (lib_freediff.freeu.tiled)
         self.active = True
 
     def __call__(self, h, hsp, transformer_options):
         stage = stage_of(h.shape[1], self.base_channels) if self.active and h.dim() == 4 else None
         if stage is None:
             return h, hsp
-        return h, apply_stage(h, hsp, self.factors, stage)
+        return h, apply_stage(h, hsp, self.factors, stage, self.tiles, transformer_options.get("block"))
 
     def __deepcopy__(self, memo):
         return self

@@ -18,6 +18,7 @@ from lib_freediff.asd.params import ASD_PARAMS, BUILTIN_PRESETS, FEATURE, bucket
 from lib_freediff.asd.tiled_vae import should_tile
 from lib_freediff.asd.tiles import GridPlan, grid_plan
 from lib_freediff.errors import FreeDiffError
+from lib_freediff.freeu.params import FEATURE as FREEU
 from lib_freediff.schedule import sampler_step
 from lib_freediff.webui import features, host, runtime
 from lib_freediff.webui.overrides import values_with_overrides
@@ -173,10 +174,14 @@ class ASDSession:
         tile_batch = v["tile_batch"] or default_tile_batch(self.adapter.device())
         if self.controlnet is not None and self.controlnet.one_tile_per_call():
             tile_batch = 1
-        return TiledDenoiser(
+        tiler = TiledDenoiser(
             inner, mode=v["mode"], tile=v["tile"] // 8, overlap=v["overlap"] // 8, offset_range=v["offset_range"] // 8,
             reset_every=v["reset_every"], tile_batch=tile_batch, seed=self._seed, prediction=prediction,
             alphas_cumprod=alphas_cumprod)
+        freeu = runtime.get(FREEU)
+        if freeu is not None:  # FreeU on the whole latent's statistics, not each tile's (lib_freediff.freeu.tiled)
+            tiler.tile_hooks.append(freeu.tile_stats)
+        return tiler
 
     def on_cfg_denoiser(self, params) -> None:
         denoiser = params.denoiser

@@ -7,6 +7,7 @@ from typing import Mapping
 from modules import shared
 
 from lib_freediff.freeu.params import AUTO_FAMILY, BUILTIN_PRESETS, CUSTOM, FACTOR_NAMES, FEATURE, FREEU_PARAMS, factors_of, infotext_value, resolve
+from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.schedule import in_window, sampler_step
 from lib_freediff.webui import features, host, runtime
 from lib_freediff.webui.overrides import values_with_overrides
@@ -36,13 +37,15 @@ class FreeUSession:
 
     def __init__(self, values: dict):
         self.values = values
-        self.freeu = host.current().freeu(factors_of(values))
         self.in_hires = False
+        self.tile_stats = TileStats()  # the tiles of ASD's tiled pass share the whole latent's statistics
+        self.freeu = host.current().freeu(factors_of(values), self.tile_stats)
 
     def _pass_enabled(self) -> bool:
         return not self.in_hires or self.values["hires"]
 
     def before_sampling(self, p) -> None:
+        self.tile_stats.reset()  # before every sampling run: statistics of an earlier run are never used
         self.freeu.attach(p)
         self.freeu.set_active(self._pass_enabled() and self.values["start"] <= 0)
 

@@ -6,6 +6,7 @@ import pytest
 import lib_freediff.webui.asd as asd_glue
 from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call
 from lib_freediff.asd.fstd import TiledDenoiser
+from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
 from modules import shared
@@ -95,6 +96,21 @@ def test_together_with_freeu(webui):
     res = webui.txt2img({ASD: [TARGET], "FreeU": [True]}, steps=2)
     assert res.images[0].size == (200, 120)
     assert "FreeU: version=2" in res.infotexts[0] and "ASD: " in res.infotexts[0]
+    assert attached_hook_count(shared.sd_model.model.diffusion_model) == 0
+
+
+def test_freeu_in_the_tiled_pass_shares_whole_latent_statistics(webui, tilers):
+    """Both panels on: the tiler tells FreeU's session of its tiled calls, so the tiles of each step after the first
+    are scaled by the whole latent's statistics of the step before (lib_freediff.freeu.tiled); deterministic."""
+    both = {ASD: [TARGET], "FreeU": [{"enabled": True}]}
+    res = webui.txt2img(both, steps=3)
+    assert res.images[0].size == (200, 120)
+    assert "FreeU: version=2" in res.infotexts[0] and "ASD: width=200 height=120" in res.infotexts[0]
+    (stats,) = tilers[0].tile_hooks
+    assert isinstance(stats, TileStats) and stats.applied > 0
+    assert same_images(res, webui.txt2img(both, steps=3))
+    webui.txt2img({ASD: [TARGET], "FreeU": [{"enabled": True, "hires": False}]}, steps=3)  # no FreeU in the tiled pass
+    assert tilers[-1].tile_hooks[0].applied == 0
     assert attached_hook_count(shared.sd_model.model.diffusion_model) == 0
 
 

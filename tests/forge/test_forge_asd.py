@@ -299,3 +299,19 @@ def test_unet_work_per_step(webui, forge_sd1, tilers):
     assert next(tiled, None) is None
     ratios = [per_step[s] / (57 * 38) for s in sorted(per_step)]
     assert len(ratios) == 4 and ratios[0] <= 1.3 and all(1.0 <= r <= 1.10 for r in ratios[1:]), ratios
+
+
+def test_freeu_in_the_tiled_pass_shares_whole_latent_statistics(webui, tilers):
+    """FreeU's output-block patch and the tiler on Forge: the tiles of each step after the first are scaled by the whole
+    latent's statistics of the step before (keyed by Forge's block names); deterministic; not at all without FreeU
+    in the hires pass."""
+    from lib_freediff.freeu.tiled import TileStats
+
+    both = {ASD: [TARGET], "FreeU": [{"enabled": True}]}
+    res = webui.txt2img(both, steps=3)
+    assert res.images[0].size == (200, 120) and "FreeU: version=2" in res.infotexts[0]
+    (stats,) = tilers[-1].tile_hooks
+    assert isinstance(stats, TileStats) and stats.applied > 0
+    assert same_images(res, webui.txt2img(both, steps=3))
+    webui.txt2img({ASD: [TARGET], "FreeU": [{"enabled": True, "hires": False}]}, steps=3)
+    assert tilers[-1].tile_hooks[0].applied == 0

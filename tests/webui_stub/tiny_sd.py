@@ -103,6 +103,56 @@ class PointwiseUNet(torch.nn.Module):
         return 0.5 * self.mix(x) + per_row + 1e-3 * timesteps.view(-1, 1, 1, 1)
 
 
+class _PointwiseLayer(torch.nn.Module):
+    """A 1×1 "ResBlock": states ``channels`` / ``out_channels`` as ldm's does (FreeU finds its stages by them)."""
+
+    def __init__(self, channels, out_channels):
+        super().__init__()
+        self.channels, self.out_channels = channels, out_channels
+        self.conv = torch.nn.Conv2d(channels, out_channels, 1)
+        self.emb = torch.nn.Linear(channels, out_channels)
+
+    def forward(self, x, emb):
+        return torch.tanh(self.conv(x) + self.emb(emb[:, : self.channels])[:, :, None, None])
+
+
+class _PointwiseSequential(torch.nn.Sequential):
+    def forward(self, x, emb, context=None):
+        for layer in self:
+            x = layer(x, emb)
+        return x
+
+
+class PointwiseStagesUNet(torch.nn.Module):
+    """ldm's U-Net block layout (input, middle and output blocks, skips concatenated before each output block) made
+    of 1×1 layers: FreeU finds both its stages here (backbone 4× and 2× ``model_channels``), and every output cell
+    depends on its own latent cell, the timestep and its row's context alone, so a tiled run equals the untiled one
+    exactly unless FreeU (whose statistics span the whole feature map) makes tiles differ."""
+
+    def __init__(self, model_channels=8, context_dim=32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        mc = self.model_channels = model_channels
+        self.input_blocks = torch.nn.ModuleList(
+            [_PointwiseSequential(_PointwiseLayer(a, b)) for a, b in ((4, mc), (mc, 2 * mc), (2 * mc, 4 * mc))])
+        self.middle_block = _PointwiseSequential(_PointwiseLayer(4 * mc, 4 * mc))
+        self.output_blocks = torch.nn.ModuleList(
+            [_PointwiseSequential(_PointwiseLayer(a, b)) for a, b in ((8 * mc, 4 * mc), (6 * mc, 2 * mc), (3 * mc, mc))])
+        self.out = torch.nn.Conv2d(mc, 4, 1)
+        self.attn2 = torch.nn.Linear(context_dim, 8 * mc)
+
+    def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
+        emb = self.attn2(context).mean(1) + 1e-3 * timesteps.view(-1, 1).float()
+        hs, h = [], x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], 1), emb)
+        return self.out(h)
+
+
 def sd_alphas_cumprod() -> torch.Tensor:
     """Stable Diffusion's DDPM schedule (scaled-linear betas 0.00085..0.012 over 1000 steps), float64."""
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2

@@ -23,8 +23,8 @@ PEER_TILERS = {"Tiled Diffusion": 0}
 class A1111FreeU:
     """FreeU's hooks on the loaded U-Net for one generation (re-attached when the checkpoint changes)."""
 
-    def __init__(self, factors):
-        self.factors = factors
+    def __init__(self, factors, tiles=None):
+        self.factors, self.tiles = factors, tiles
         self.patch: FreeUPatch | None = None
 
     def attach(self, p) -> None:
@@ -33,7 +33,7 @@ class A1111FreeU:
             return
         self.close()
         remove_all_hooks(unet)  # anything an earlier, crashed process left behind
-        self.patch = FreeUPatch(unet, self.factors).attach()
+        self.patch = FreeUPatch(unet, self.factors, tiles=self.tiles).attach()
 
     @property
     def active(self) -> bool:
@@ -162,8 +162,9 @@ class A1111Host:
             modules.append(unet)
         return modules
 
-    def freeu(self, factors) -> A1111FreeU:
-        return A1111FreeU(factors)
+    def freeu(self, factors, tiles=None) -> A1111FreeU:
+        """FreeU with ``factors``; ``tiles``: the statistics its stages share inside a tiled pass."""
+        return A1111FreeU(factors, tiles)
 
     def tiler(self, p, build, controlnet) -> A1111Tiler:
         return A1111Tiler(p, build, controlnet)

@@ -45,8 +45,8 @@ def _output_block_patches(unet) -> list:
 class ForgeFreeU:
     """FreeU as an output-block patch on a clone of each pass's U-Net patcher."""
 
-    def __init__(self, factors):
-        self.factors = factors
+    def __init__(self, factors, tiles=None):
+        self.factors, self.tiles = factors, tiles
         self.patch: FreeUBlockPatch | None = None
         self.placed: list[Placed] = []
 
@@ -56,7 +56,7 @@ class ForgeFreeU:
         if self.patch is None:
             diffusion_model = unet.model.diffusion_model
             base = getattr(diffusion_model, "config", {}).get("model_channels") or model_channels(diffusion_model)
-            self.patch = FreeUBlockPatch(self.factors, base)
+            self.patch = FreeUBlockPatch(self.factors, base, self.tiles)
         if self._carries(unet):
             return  # the hires pass's call before Forge's reset: already on
         clone = unet.clone()
@@ -180,8 +180,9 @@ class ForgeHost:
             modules.append(unet)
         return modules
 
-    def freeu(self, factors) -> ForgeFreeU:
-        return ForgeFreeU(factors)
+    def freeu(self, factors, tiles=None) -> ForgeFreeU:
+        """FreeU with ``factors``; ``tiles``: the statistics its stages share inside a tiled pass."""
+        return ForgeFreeU(factors, tiles)
 
     def tiler(self, p, build, controlnet) -> ForgeTiler:
         return ForgeTiler(p, build, controlnet)
