@@ -115,8 +115,14 @@ class ASDSession:
         self.tiler = None
         self.controlnet = None
         self._seed = 0
+        self.vae = None
         self._configure(p)
-        self.vae = None if values["tiled_vae"] == "off" else self.adapter.tiled_vae(p, self._vae_tiles)
+
+    def after_model_load(self, p) -> None:
+        """``process``: the generation's checkpoint is loaded now (it may not be at ``before_process``), and img2img's
+        init images are encoded next."""
+        if self.vae is None and self.values["tiled_vae"] != "off":
+            self.vae = self.adapter.tiled_vae(p, self._vae_tiles)
 
     # ---- sizes ----
     def _configure(self, p) -> None:
@@ -210,6 +216,10 @@ def before_process(p, args, is_img2img: bool) -> None:
     session = ASDSession(p, values, is_img2img, family)
     p.extra_generation_params[ASD_PARAMS.infotext_key] = infotext_value(values)
     runtime.start(FEATURE, p, session)
+
+
+def process(p) -> None:
+    runtime.call(FEATURE, "after_model_load", p)
 
 
 def process_before_every_sampling(p) -> None:
