@@ -150,6 +150,8 @@ class ASDSession:
         return image.crop(tuple(box))
 
     def _vae_tiles(self, height: int, width: int) -> bool:
+        if height % 8 or width % 8:  # an image upscaler's output before the hires crop: the host's own VAE takes it
+            return False
         threshold = int(option(OPTION_VAE_THRESHOLD, DEFAULT_VAE_THRESHOLD))
         return self.values["tiled_vae"] == "on" or should_tile(height, width, threshold)
 

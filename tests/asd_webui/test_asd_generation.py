@@ -121,6 +121,13 @@ def test_img2img_renders_the_target_with_tiles(webui, sd1, tilers):
     assert "ASD: width=200 height=120" in res.infotexts[0]
 
 
+def test_image_upscaler_to_a_size_off_the_latent_grid_with_tiled_vae(webui):
+    """An image upscaler scales the first pass (96×64) by one factor to cover 200×120: 200×134, not a multiple of 8
+    until the hires crop. The tiled VAE leaves such an encode to the host's VAE instead of failing on it."""
+    res = webui.txt2img({ASD: [{**TARGET, "upscaler": "Lanczos", "tiled_vae": "on"}]}, steps=2)
+    assert res.images[0].size == (200, 120) and "upscaler=Lanczos" in res.infotexts[0]
+
+
 def test_tiled_vae_matches_untiled_closely(webui):
     off = webui.txt2img({ASD: [{**TARGET, "tiled_vae": "off"}]}, steps=2)
     on = webui.txt2img({ASD: [{**TARGET, "tiled_vae": "on"}]}, steps=2)

@@ -12,7 +12,6 @@ import torch
 from lib_freediff.webui import fastcomposer as fc
 from lib_freediff.webui import runtime
 from modules import sd_samplers_kdiffusion, shared
-from modules.sd_hijack_clip import build_cond_stage_model
 from tests.fastcomposer import fixtures
 from tiny_sd import TinySD
 
@@ -44,18 +43,7 @@ def model_files(release):
 
 @pytest.fixture(scope="session")
 def clip(tokenizer):
-    """``sd_model.cond_stage_model`` as the WebUI has it, over a tiny CLIPTextModel of the post-fuse width.
-    Its layer norms get trained-looking affine parameters (with the default ones every token's output has
-    mean 0, and the WebUI's emphasis mean-restore would divide 0 by 0)."""
-    torch.manual_seed(1)
-    text = fixtures.tiny_text_model()
-    with torch.no_grad():
-        for module in text.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.normal_(1.0, 0.1)
-                module.bias.normal_(0.0, 0.1)
-    text.requires_grad_(False)
-    return build_cond_stage_model(tokenizer, text)
+    return fixtures.webui_text_encoder(tokenizer)
 
 
 @pytest.fixture(scope="session")
