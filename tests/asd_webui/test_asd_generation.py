@@ -5,7 +5,6 @@ import pytest
 
 import lib_freediff.webui.asd as asd_glue
 from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call
-from lib_freediff.asd.fstd import TiledDenoiser
 from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
@@ -27,21 +26,6 @@ def model(sd1):
     vae = sd1.first_stage_model
     assert "decode" not in vae.__dict__ and "encode" not in vae.__dict__
     assert not runtime._sessions
-
-
-@pytest.fixture
-def tilers(monkeypatch):
-    """Every TiledDenoiser the glue creates, with its call history kept."""
-    made = []
-
-    class Recording(TiledDenoiser):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.history = []
-            made.append(self)
-
-    monkeypatch.setattr(asd_glue, "TiledDenoiser", Recording)
-    return made
 
 
 def unet_input_sizes(sd1, run):

@@ -28,3 +28,8 @@ def bare(forge_sd1):
     from harness import WebUI
 
     return WebUI(script_files=[], sd_model=forge_sd1)
+
+
+def pass_objects(model) -> tuple:
+    """The model's ``forge_objects`` now, the original ones and the ones after LoRAs (each pass starts from these)."""
+    return model.forge_objects, model.forge_objects_original, model.forge_objects_after_applying_lora

@@ -18,6 +18,7 @@ from lib_freediff.freeu.unet import FreeUBlockPatch
 from lib_freediff.unet_info import model_channels
 from lib_freediff.webui.forge.controlnet import ForgeControlNetTiles
 from lib_freediff.webui.forge.tiling import ForgeTiler, KeptOnClone
+from lib_freediff.webui.host import HostAdapter
 
 NAME = "Forge"
 PEER_TILERS = {"MultiDiffusion Integrated": 0}
@@ -132,9 +133,10 @@ class ForgeTiledVAE:
         self.placed.clear()
 
 
-class ForgeHost:
+class ForgeHost(HostAdapter):
     name = NAME
     peer_tilers = PEER_TILERS
+    FreeU, Tiler, TiledVAE = ForgeFreeU, ForgeTiler, ForgeTiledVAE
 
     @staticmethod
     def unet(sd_model):
@@ -169,26 +171,10 @@ class ForgeHost:
                     "(Flux, SD3 and other transformer models have no U-Net)")
         return None
 
-    def gated_modules(self, sd_model) -> list:
-        """The text encoders as Forge runs them (its text engines call each encoder's ``transformer``) and the U-Net."""
-        modules = []
+    def text_encoders(self, sd_model) -> list:
+        """As Forge runs them: its text engines call each CLIP encoder's ``transformer``."""
         clip = getattr(getattr(getattr(sd_model, "forge_objects", None), "clip", None), "cond_stage_model", None)
-        for encoder in (clip.children() if clip is not None else ()):
-            modules.append(getattr(encoder, "transformer", encoder))
-        unet = self.unet(sd_model)
-        if unet is not None:
-            modules.append(unet)
-        return modules
-
-    def freeu(self, factors, tiles=None) -> ForgeFreeU:
-        """FreeU with ``factors``; ``tiles``: the statistics its stages share inside a tiled pass."""
-        return ForgeFreeU(factors, tiles)
-
-    def tiler(self, p, build, controlnet) -> ForgeTiler:
-        return ForgeTiler(p, build, controlnet)
-
-    def tiled_vae(self, p, tiles) -> ForgeTiledVAE:
-        return ForgeTiledVAE(p, tiles)
+        return [getattr(encoder, "transformer", encoder) for encoder in (clip.children() if clip is not None else ())]
 
     def prepare_hires(self, p, turned_on: bool) -> None:
         """Forge's hires fix has fields of its own: its CFG (``hr_cfg``, 1.0 by default in the API: the hires pass
@@ -202,9 +188,6 @@ class ForgeHost:
 
     def controlnet_tiles(self, p, feature: str):
         return ForgeControlNetTiles.of(p, feature)
-
-    def after_failure(self, p) -> None:
-        pass  # Forge's ControlNet and ours patch per-pass clones: nothing is left on shared objects
 
     @staticmethod
     def device():
