@@ -17,26 +17,13 @@ from lib_freediff.asd.tiled_vae import tiled_decode, tiled_encode_moments
 from lib_freediff.freeu.unet import FreeUBlockPatch
 from lib_freediff.unet_info import model_channels
 from lib_freediff.webui.forge.controlnet import ForgeControlNetTiles
-from lib_freediff.webui.forge.tiling import ForgeTiler, KeptOnClone
+from lib_freediff.webui.forge.clones import KeptOnClone, Placed
+from lib_freediff.webui.forge.tiling import ForgeTiler
 from lib_freediff.webui.host import HostAdapter
 
 NAME = "Forge"
 PEER_TILERS = {"MultiDiffusion Integrated": 0}
 FASTCOMPOSER = "FastComposer"
-
-
-class Placed:
-    """One clone a feature put on ``forge_objects`` in place of ``original``. ``restore`` puts the original back if the
-    clone, or a later clone of it (another extension's patch on top), is still there: ``carries(obj)`` tells."""
-
-    def __init__(self, objects, attr: str, original, clone, carries):
-        self.objects, self.attr, self.original, self.clone, self.carries = objects, attr, original, clone, carries
-        setattr(objects, attr, clone)
-
-    def restore(self) -> None:
-        current = getattr(self.objects, self.attr, None)
-        if current is self.clone or (current is not None and self.carries(current)):
-            setattr(self.objects, self.attr, self.original)
 
 
 def _output_block_patches(unet) -> list:
