@@ -194,6 +194,21 @@ def test_sdxl_freeu_and_asd(sdxl):
     refusal(fc, "FastComposer", None if host_name() == "Forge" else "model")
 
 
+def test_sd2_v_freeu_and_asd():
+    """An SD2.x 768-v checkpoint (v-prediction, OpenCLIP-H text): FreeU takes SD2.1's values, ASD tiles its pass."""
+    models = [m["title"] for m in get("/sdapi/v1/sd-models").json() if any(k in m["title"].lower() for k in ("sd21", "sd2", "v2-"))]
+    if not models:
+        pytest.skip("no SD2.x checkpoint in this WebUI")
+    # no negative prompt: the random-weight SD2.1-v of this rig gives NaN in the U-Net for the uncond of "blurry"
+    sd2 = {**BASE, "negative_prompt": "", "width": 256, "height": 256, "steps": 3,
+           "override_settings": {"sd_model_checkpoint": models[0]}, "override_settings_restore_afterwards": True}
+    plain = generate("txt2img", sd2)
+    freeu = generate("txt2img", {**sd2, "alwayson_scripts": {"FreeU": {"args": [{"enabled": True}]}}})
+    assert "preset=SD2.1" in infotext(freeu) and np.abs(pixels(plain) - pixels(freeu)).mean() > 0.5
+    asd = generate("txt2img", {**sd2, "alwayson_scripts": {ASD: {"args": [TARGET]}}})
+    assert pixels(asd).shape == (173, 301, 3) and "ASD: " in infotext(asd)
+
+
 # -- FastComposer beside ControlNet --------------------------------------------------------------------------------
 
 def test_fastcomposer_subject_in_a_pose(cn_models):
