@@ -68,6 +68,19 @@ def tiny_text_model():
     return CLIPTextModel(cfg).eval()
 
 
+def trained_looking_text_model(seed: int = 1):
+    """``tiny_text_model`` whose layer norms have trained-looking affine parameters (with the default ones every
+    token's output has mean 0, and the WebUI's emphasis mean-restore would divide 0 by 0); no gradients."""
+    torch.manual_seed(seed)
+    text = tiny_text_model()
+    with torch.no_grad():
+        for module in text.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1.0, 0.1)
+                module.bias.normal_(0.0, 0.1)
+    return text.requires_grad_(False)
+
+
 def tiny_unet():
     from diffusers import UNet2DConditionModel
 

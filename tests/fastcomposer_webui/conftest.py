@@ -2,14 +2,11 @@
 WebUI's CLIP text conditioning (stub ``sd_hijack_clip``) over a tiny CLIPTextModel whose width (32) is the
 post-fuse width, and tiny SD1 models around it."""
 
-import os
-import shutil
 from contextlib import contextmanager
 
 import pytest
 import torch
 
-from lib_freediff.webui import fastcomposer as fc
 from lib_freediff.webui import runtime
 from modules import sd_samplers_kdiffusion, shared
 from modules.sd_hijack_clip import build_cond_stage_model
@@ -18,44 +15,11 @@ from tiny_sd import TinySD
 
 torch.set_num_threads(1)
 
-MODEL_FILE = "fastcomposer.safetensors"
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    return fixtures.build_clip_tokenizer(str(tmp_path_factory.mktemp("clip_tokenizer")))
-
-
-@pytest.fixture(scope="session")
-def release(tmp_path_factory):
-    return fixtures.write_tiny_release(str(tmp_path_factory.mktemp("fastcomposer_release")))
-
-
-@pytest.fixture(scope="session")
-def model_files(release):
-    """The release as models/fastcomposer/fastcomposer.safetensors and …/pytorch_model.bin."""
-    folder = fc.models_dir()
-    os.makedirs(folder, exist_ok=True)
-    shutil.copy(release.st_path, os.path.join(folder, MODEL_FILE))
-    shutil.copy(release.bin_path, os.path.join(folder, "pytorch_model.bin"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
 def clip(tokenizer):
-    """``sd_model.cond_stage_model`` as the WebUI has it, over a tiny CLIPTextModel of the post-fuse width.
-    Its layer norms get trained-looking affine parameters (with the default ones every token's output has
-    mean 0, and the WebUI's emphasis mean-restore would divide 0 by 0)."""
-    torch.manual_seed(1)
-    text = fixtures.tiny_text_model()
-    with torch.no_grad():
-        for module in text.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.normal_(1.0, 0.1)
-                module.bias.normal_(0.0, 0.1)
-    text.requires_grad_(False)
-    return build_cond_stage_model(tokenizer, text)
+    """``sd_model.cond_stage_model`` as the WebUI has it, over a tiny CLIPTextModel of the post-fuse width."""
+    return build_cond_stage_model(tokenizer, fixtures.trained_looking_text_model())
 
 
 @pytest.fixture(scope="session")
