@@ -63,6 +63,9 @@ class AnySizeDiffusionScript(script_base.FeatureScript):
     def before_process(self, p, *args):
         runtime.guarded(FEATURE, p, lambda: asd.before_process(p, args, self.is_img2img))
 
+    def process(self, p, *args):
+        runtime.guarded(FEATURE, p, lambda: asd.process(p))
+
     def process_before_every_sampling(self, p, *args, **kwargs):
         runtime.guarded(FEATURE, p, lambda: asd.process_before_every_sampling(p))
 

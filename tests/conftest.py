@@ -77,6 +77,24 @@ def model_files(release):
 
 
 @pytest.fixture
+def tilers(monkeypatch):
+    """Every TiledDenoiser Any-Size Diffusion's WebUI code creates, with its call history kept."""
+    import lib_freediff.webui.asd as asd_glue
+    from lib_freediff.asd.fstd import TiledDenoiser
+
+    made = []
+
+    class Recording(TiledDenoiser):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.history = []
+            made.append(self)
+
+    monkeypatch.setattr(asd_glue, "TiledDenoiser", Recording)
+    return made
+
+
+@pytest.fixture
 def presets_dir(tmp_path, monkeypatch):
     folder = tmp_path / "presets"
     monkeypatch.setenv("FREEDIFF_PRESETS_DIR", str(folder))

@@ -25,9 +25,10 @@ SCRIPT_FILES = ["freediff_freeu.py", "freediff_asd.py", "freediff_fastcomposer.p
 CONTROLNET_LIKE = os.path.join(ROOT, "tests", "webui_stub", "controlnet_like.py")
 FORGE_CONTROLNET_LIKE = os.path.join(ROOT, "tests", "forge_stub", "forge_controlnet_like.py")
 FORGE_MULTIDIFFUSION_LIKE = os.path.join(ROOT, "tests", "forge_stub", "forge_multidiffusion_like.py")
+TILED_DIFFUSION_LIKE = os.path.join(ROOT, "tests", "webui_stub", "tiled_diffusion_like.py")
 # other extensions' stand-ins, imported by module name so that tests reach the same classes the scripts are made of
 STAND_INS = {CONTROLNET_LIKE: "controlnet_like", FORGE_CONTROLNET_LIKE: "forge_controlnet_like",
-             FORGE_MULTIDIFFUSION_LIKE: "forge_multidiffusion_like"}
+             FORGE_MULTIDIFFUSION_LIKE: "forge_multidiffusion_like", TILED_DIFFUSION_LIKE: "tiled_diffusion_like"}
 
 
 def load_script_module(filename: str):

@@ -116,8 +116,14 @@ class ASDSession:
         self.controlnet = None
         self.first_pass_control = None  # the host's ControlNet held to its first-pass control (A1111)
         self._seed = 0
+        self.vae = None
         self._configure(p)
-        self.vae = None if values["tiled_vae"] == "off" else self.adapter.tiled_vae(p, self._vae_tiles)
+
+    def after_model_load(self, p) -> None:
+        """``process``: the generation's checkpoint is loaded now (it may not be at ``before_process``), and img2img's
+        init images are encoded next."""
+        if self.vae is None and self.values["tiled_vae"] != "off":
+            self.vae = self.adapter.tiled_vae(p, self._vae_tiles)
 
     # ---- sizes ----
     def _configure(self, p) -> None:
@@ -145,6 +151,8 @@ class ASDSession:
         return image.crop(tuple(box))
 
     def _vae_tiles(self, height: int, width: int) -> bool:
+        if height % 8 or width % 8:  # an image upscaler's output before the hires crop: the host's own VAE takes it
+            return False
         threshold = int(option(OPTION_VAE_THRESHOLD, DEFAULT_VAE_THRESHOLD))
         return self.values["tiled_vae"] == "on" or should_tile(height, width, threshold)
 
@@ -219,6 +227,10 @@ def before_process(p, args, is_img2img: bool) -> None:
     session = ASDSession(p, values, is_img2img, family)
     p.extra_generation_params[ASD_PARAMS.infotext_key] = infotext_value(values)
     runtime.start(FEATURE, p, session)
+
+
+def process(p) -> None:
+    runtime.call(FEATURE, "after_model_load", p)
 
 
 def process_before_every_sampling(p) -> None:

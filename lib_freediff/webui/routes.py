@@ -9,7 +9,7 @@ from fastapi import Body, FastAPI, HTTPException
 import lib_freediff
 from lib_freediff.errors import FreeDiffError
 from lib_freediff.presets import PresetError
-from lib_freediff.webui import features
+from lib_freediff.webui import features, host
 
 PREFIX = "/freediff/v1"
 
@@ -29,7 +29,8 @@ def _fail(error: FreeDiffError):
 
 
 def capabilities() -> dict[str, Any]:
-    out = {"name": "sd-webui-freediff", "version": lib_freediff.__version__, "api": "v1", "features": {}}
+    out = {"name": "sd-webui-freediff", "version": lib_freediff.__version__, "api": "v1", "host": host.current().name,
+           "features": {}}
     for feature in features.all_features():
         ps = feature.param_set
         out["features"][feature.slug] = {

@@ -185,11 +185,18 @@ def refuse(feature: str, p, error: FreeDiffError) -> None:
 
 
 def guarded(feature: str, p, action: Callable[[], None]) -> None:
-    """Runs ``action``; a FreeDiffError from it refuses the generation instead of being swallowed."""
+    """Runs ``action``; an error from it refuses the generation instead of being swallowed by the WebUI (which only
+    prints it and would run the generation with the feature half set up). An unexpected one is refused too, with its
+    traceback printed, and the feature's session ended."""
     try:
         action()
     except FreeDiffError as error:
         refuse(feature, p, error)
+    except Exception as error:
+        traceback.print_exc()
+        end(feature)
+        refuse(feature, p, FreeDiffError(f"{feature} could not be set up ({type(error).__name__}: {error}); the "
+                                         "generation is stopped rather than run without it", feature=feature))
 
 
 def register_callbacks() -> None:

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import lib_freediff.webui.asd as asd_glue
-from harness import WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call
-from lib_freediff.asd.fstd import TiledDenoiser
+from harness import TILED_DIFFUSION_LIKE, WebUI, b64_png, image_from_b64, infotexts_of, make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call
 from lib_freediff.freeu.tiled import TileStats
 from lib_freediff.freeu.unet import attached_hook_count
 from lib_freediff.webui import runtime
@@ -27,21 +26,6 @@ def model(sd1):
     vae = sd1.first_stage_model
     assert "decode" not in vae.__dict__ and "encode" not in vae.__dict__
     assert not runtime._sessions
-
-
-@pytest.fixture
-def tilers(monkeypatch):
-    """Every TiledDenoiser the glue creates, with its call history kept."""
-    made = []
-
-    class Recording(TiledDenoiser):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.history = []
-            made.append(self)
-
-    monkeypatch.setattr(asd_glue, "TiledDenoiser", Recording)
-    return made
 
 
 def unet_input_sizes(sd1, run):
@@ -119,6 +103,26 @@ def test_img2img_renders_the_target_with_tiles(webui, sd1, tilers):
     assert res.images[0].size == (200, 120)
     assert all(h <= 16 and w <= 16 for h, w in sizes)
     assert "ASD: width=200 height=120" in res.infotexts[0]
+
+
+def test_image_upscaler_to_a_size_off_the_latent_grid_with_tiled_vae(webui):
+    """An image upscaler scales the first pass (96×64) by one factor to cover 200×120: 200×134, not a multiple of 8
+    until the hires crop. The tiled VAE leaves such an encode to the host's VAE instead of failing on it."""
+    res = webui.txt2img({ASD: [{**TARGET, "upscaler": "Lanczos", "tiled_vae": "on"}]}, steps=2)
+    assert res.images[0].size == (200, 120) and "upscaler=Lanczos" in res.infotexts[0]
+
+
+def test_tiled_diffusion_at_the_same_time_is_refused(sd1):
+    """Two tilers cannot share a pass: with Tiled Diffusion on (API list or dict form), a 422 naming it; off, it runs."""
+    ui = WebUI(script_files=["freediff_asd.py", TILED_DIFFUSION_LIKE], sd_model=sd1)
+    client = ui.api_client()
+    for enabled in ([True, "MultiDiffusion"], [{"enabled": True}]):
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "alwayson_scripts": {
+            ASD: {"args": [TARGET]}, "Tiled Diffusion": {"args": enabled}}})
+        assert r.status_code == 422 and "'Tiled Diffusion' is enabled too" in r.json()["detail"], r.text
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "alwayson_scripts": {
+        ASD: {"args": [TARGET]}, "Tiled Diffusion": {"args": [False]}}})
+    assert r.status_code == 200, r.text
 
 
 def test_tiled_vae_matches_untiled_closely(webui):

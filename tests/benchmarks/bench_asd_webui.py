@@ -1,6 +1,8 @@
 """Side by side in a running WebUI: img2img at the target size with Any-Size Diffusion's FSTD vs the tilers WebUI
-users pick instead — Tiled Diffusion (multidiffusion-upscaler: MultiDiffusion and Mixture of Diffusers, img2img
-defaults) and Ultimate SD Upscale (its defaults) — same init image, model, steps, denoise, seed and sampler.
+users pick instead — on AUTOMATIC1111, Tiled Diffusion (multidiffusion-upscaler: MultiDiffusion and Mixture of
+Diffusers, img2img defaults) and Ultimate SD Upscale (its defaults); on Forge, its built-in MultiDiffusion Integrated
+(MultiDiffusion and Mixture of Diffusers at its defaults: 768-px tiles, overlap 64, 4 tiles a call) — same init
+image, model, steps, denoise, seed and sampler. The methods a WebUI lacks are skipped.
 
 Per method: wall time of the request, U-Net work counted by the extension's opt-in counter (start the WebUI with
 ``FREEDIFF_DIAGNOSTICS=1``: a forward pre-hook on the U-Net sums each call's input area), and the server's peak RSS
@@ -73,6 +75,9 @@ def methods(w, h, tile_px, tiled_vae="auto"):
         "Tiled Diffusion MultiDiffusion": {"alwayson_scripts": {"Tiled Diffusion": {"args": [True, "MultiDiffusion", *td_defaults]}}},
         "Tiled Diffusion Mixture of Diffusers": {"alwayson_scripts": {"Tiled Diffusion": {"args": [True, "Mixture of Diffusers", *td_defaults]}}},
         "Ultimate SD Upscale": {"script_name": "ultimate sd upscale", "script_args": usdu},
+        # Forge's built-in: enabled, method, tile width/height (px), overlap (px), tile batch
+        "Forge MultiDiffusion Integrated": {"alwayson_scripts": {"MultiDiffusion Integrated": {"args": [True, "MultiDiffusion", 768, 768, 64, 4]}}},
+        "Forge Mixture of Diffusers": {"alwayson_scripts": {"MultiDiffusion Integrated": {"args": [True, "Mixture of Diffusers", 768, 768, 64, 4]}}},
     }
 
 

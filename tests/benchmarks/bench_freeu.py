@@ -4,7 +4,8 @@
 
 Shapes: SD1.5's U-Net (model_channels 320, context 768) at a 64×64 latent (512² image) and a small
 shape (32×32 latent), batch 2 (cond + uncond, as the WebUI's CFG batch). Random weights: FreeU's cost
-does not depend on them. Prints a markdown table and the machine.
+does not depend on them. Prints a markdown table and the machine. ``tests/gpu/check.sh`` measures the
+same (``freeu_overhead``) for SD1.5 and SDXL on a GPU.
 """
 
 import argparse
@@ -18,15 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "webui_stub")]
 
 import torch  # noqa: E402
-from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
 from lib_freediff.freeu.unet import FreeUFactors, FreeUPatch, _StageHook  # noqa: E402
+from tiny_sd import sd15_unet, to_webui_precision  # noqa: E402
 
-
-def sd15_unet():
-    return UNetModel(image_size=64, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
-                     num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_heads=8, use_spatial_transformer=True,
-                     transformer_depth=1, context_dim=768, legacy=False).eval()
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FREEU_V2_SD15 = FreeUFactors(2, 1.5, 1.6, 0.9, 0.2)
 
 
 def timed(fn, device):
@@ -39,50 +37,55 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
+def freeu_overhead(unet, inputs: dict, factors: FreeUFactors, device: str, repeats: int, warmup: int):
+    """Median seconds of ``unet(**inputs)`` without and with FreeU (runs interleaved, so drift hits both alike),
+    and of the FreeU hooks alone on the exact inputs of the stage blocks (far less noisy). Half precision runs
+    under autocast, as the WebUI runs its half-precision U-Net."""
+    patch = FreeUPatch(unet, factors)
+    dtype = unet.dtype
+    with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+        def run():
+            unet(**inputs)
+        for _ in range(warmup):
+            run()
+            with patch:
+                run()
+        plain, freeu = [], []
+        for _ in range(repeats):
+            plain.append(timed(run, device))
+            patch.attach()
+            freeu.append(timed(run, device))
+            patch.remove()
+        stage_inputs = []
+        grab = [unet.output_blocks[s.block_index].register_forward_pre_hook(lambda m, a, s=s: stage_inputs.append((s, a[0].clone())))
+                for s in patch.stages]
+        run()
+        for handle in grab:
+            handle.remove()
+        hooks = [_StageHook(patch, s) for s, _ in stage_inputs]
+        ops = []
+        for _ in range(repeats * 4):
+            batch = [(h, x.clone()) for h, (_, x) in zip(hooks, stage_inputs)]
+            ops.append(timed(lambda: [h(None, (x,)) for h, x in batch], device))
+    return statistics.median(plain), statistics.median(freeu), statistics.median(ops)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     repeats = args.repeats or (5 if args.device == "cpu" else 50)
 
-    torch.manual_seed(0)
-    unet = sd15_unet().to(args.device, dtype)
-    patch = FreeUPatch(unet, FreeUFactors(2, 1.5, 1.6, 0.9, 0.2))
+    unet = to_webui_precision(sd15_unet(), args.device, dtype)
     rows = []
     for latent in (64, 32):
-        x = torch.randn(2, 4, latent, latent, device=args.device, dtype=dtype)
-        t = torch.tensor([500, 500], device=args.device)
-        ctx = torch.randn(2, 77, 768, device=args.device, dtype=dtype)
-        with torch.inference_mode():
-            def run():
-                unet(x, t, context=ctx)
-            for _ in range(2 if args.device == "cpu" else 10):  # warm-up both paths
-                run()
-                with patch:
-                    run()
-            plain, freeu = [], []
-            for _ in range(repeats):  # interleaved, so drift hits both alike
-                plain.append(timed(run, args.device))
-                patch.attach()
-                freeu.append(timed(run, args.device))
-                patch.remove()
-            # the hooks' own work, timed alone on the exact inputs of the stage blocks (far less noisy)
-            inputs = []
-            grab = [unet.output_blocks[s.block_index].register_forward_pre_hook(lambda m, a, s=s: inputs.append((s, a[0].clone())))
-                    for s in patch.stages]
-            run()
-            for handle in grab:
-                handle.remove()
-            hooks = [_StageHook(patch, s) for s, _ in inputs]
-            ops = []
-            for _ in range(repeats * 4):
-                batch = [(h, x.clone()) for h, (_, x) in zip(hooks, inputs)]
-                ops.append(timed(lambda: [h(None, (x,)) for h, x in batch], args.device))
-        p, f = statistics.median(plain), statistics.median(freeu)
-        o = statistics.median(ops)
+        inputs = dict(x=torch.randn(2, 4, latent, latent, device=args.device, dtype=dtype),
+                      timesteps=torch.tensor([500, 500], device=args.device),
+                      context=torch.randn(2, 77, 768, device=args.device, dtype=dtype))
+        p, f, o = freeu_overhead(unet, inputs, FREEU_V2_SD15, args.device, repeats, 2 if args.device == "cpu" else 10)
         rows.append((f"{latent}×{latent} latent ({latent * 8}² px), batch 2", p, f, o))
 
     print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

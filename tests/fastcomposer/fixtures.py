@@ -81,6 +81,14 @@ def trained_looking_text_model(seed: int = 1):
     return text.requires_grad_(False)
 
 
+def webui_text_encoder(tokenizer):
+    """``sd_model.cond_stage_model`` as the WebUI has it (the stand-in's ``sd_hijack_clip`` wrapper) over
+    ``trained_looking_text_model``, of the post-fuse width."""
+    from modules.sd_hijack_clip import build_cond_stage_model
+
+    return build_cond_stage_model(tokenizer, trained_looking_text_model())
+
+
 def tiny_unet():
     from diffusers import UNet2DConditionModel
 

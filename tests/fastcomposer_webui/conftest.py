@@ -9,7 +9,6 @@ import torch
 
 from lib_freediff.webui import runtime
 from modules import sd_samplers_kdiffusion, shared
-from modules.sd_hijack_clip import build_cond_stage_model
 from tests.fastcomposer import fixtures
 from tiny_sd import TinySD
 
@@ -18,8 +17,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def clip(tokenizer):
-    """``sd_model.cond_stage_model`` as the WebUI has it, over a tiny CLIPTextModel of the post-fuse width."""
-    return build_cond_stage_model(tokenizer, fixtures.trained_looking_text_model())
+    return fixtures.webui_text_encoder(tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -38,3 +38,8 @@ def forge_fc_sd1(tokenizer, model_files):
     from tests.fastcomposer import fixtures
 
     return ForgeTinySD("sd1", context_dim=fixtures.EMBED_DIM, clip=(tokenizer, fixtures.trained_looking_text_model()))
+
+
+def pass_objects(model) -> tuple:
+    """The model's ``forge_objects`` now, the original ones and the ones after LoRAs (each pass starts from these)."""
+    return model.forge_objects, model.forge_objects_original, model.forge_objects_after_applying_lora

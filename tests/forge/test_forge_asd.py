@@ -5,11 +5,10 @@ before any model work, and nothing left behind."""
 import numpy as np
 import pytest
 
-import lib_freediff.webui.asd as asd_glue
 from forge_sd import ForgeTinySD
+from .conftest import pass_objects
 from harness import (FORGE_CONTROLNET_LIKE, FORGE_MULTIDIFFUSION_LIKE, WebUI, b64_png, image_from_b64, infotexts_of,
                      make_image, pixels, same_images, unet_fails_at_call, unet_interrupts_at_call)
-from lib_freediff.asd.fstd import TiledDenoiser
 from lib_freediff.webui import runtime
 from lib_freediff.webui.forge import tiling
 from lib_freediff.webui.forge.tiling import ForgeTiledUNet
@@ -35,23 +34,9 @@ def model(forge_sd1):
     shared.sd_model = forge_sd1
     yield
     assert not runtime._sessions
-    for objects in (forge_sd1.forge_objects, forge_sd1.forge_objects_original, forge_sd1.forge_objects_after_applying_lora):
+    for objects in pass_objects(forge_sd1):
         assert not wrappers_of(objects.unet)
         assert "model_vae_decode_wrapper" not in objects.vae.patcher.model_options
-
-
-@pytest.fixture
-def tilers(monkeypatch):
-    made = []
-
-    class Recording(TiledDenoiser):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.history = []
-            made.append(self)
-
-    monkeypatch.setattr(asd_glue, "TiledDenoiser", Recording)
-    return made
 
 
 def unet_inputs(sd_model, run):

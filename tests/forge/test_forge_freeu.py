@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from forge_sd import ForgeTinySD, ForgeUNet
+from .conftest import pass_objects
 from harness import WebUI, infotexts_of, same_images, unet_fails_at_call, unet_interrupts_at_call
 from lib_freediff.freeu.unet import FreeUBlockPatch, FreeUFactors, FreeUPatch
 from lib_freediff.webui import host, runtime
@@ -26,7 +27,7 @@ def model(forge_sd1):
     shared.sd_model = forge_sd1
     yield
     assert not runtime._sessions
-    for objects in (forge_sd1.forge_objects, forge_sd1.forge_objects_original, forge_sd1.forge_objects_after_applying_lora):
+    for objects in pass_objects(forge_sd1):
         assert not our_patches(objects.unet)
 
 

@@ -21,6 +21,24 @@ BASE = {"prompt": "a lighthouse on a cliff, photo", "negative_prompt": "", "step
         "seed": 1234, "sampler_name": "Euler", "cfg_scale": 6}
 
 
+def host_name() -> str:
+    """The host the extension says it runs in ("AUTOMATIC1111" or "Forge")."""
+    import httpx
+
+    return httpx.get(f"{URL}/freediff/v1/version", timeout=30).json()["host"]
+
+
+def refusal(response, feature, field=None):
+    """A 4xx naming feature (and field): A1111 answers with its middleware's body, Forge (no middleware) with FastAPI's
+    own ``{"detail": ...}``."""
+    assert response.status_code == 422, response.text[-500:]
+    detail = response.json()["detail"]
+    assert detail.startswith(feature) and (field is None or f"parameter '{field}'" in detail), detail
+    if host_name() != "Forge":
+        assert response.json()["body"] == {"feature": feature, **({"param": field} if field else {})}
+    assert "/work/" not in response.text and "/home/" not in response.text  # no server paths
+
+
 def post(path, payload):
     import httpx
 
@@ -41,7 +59,7 @@ def test_capabilities_route():
     import httpx
 
     caps = httpx.get(f"{URL}/freediff/v1/version", timeout=30).json()
-    assert "freeu" in caps["features"]
+    assert "freeu" in caps["features"] and caps["host"] in ("AUTOMATIC1111", "Forge")
 
 
 def test_freeu_txt2img_changes_image_and_writes_infotext():
@@ -58,7 +76,7 @@ def test_freeu_txt2img_changes_image_and_writes_infotext():
 
 def test_freeu_bad_value_names_the_field():
     r = post("/sdapi/v1/txt2img", {**BASE, "steps": 2, "alwayson_scripts": {"FreeU": {"args": [{"enabled": True, "b1": "high"}]}}})
-    assert r.status_code == 422 and "parameter 'b1'" in r.text
+    refusal(r, "FreeU", "b1")
 
 
 def test_freeu_img2img_hires_infotext():

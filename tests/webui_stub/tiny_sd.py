@@ -1,8 +1,8 @@
-"""Small random-weight Stable Diffusion models in the real architectures, shaped like the WebUI's sd_model.
+"""Random-weight Stable Diffusion models in the real architectures, shaped like the WebUI's sd_model.
 
-U-Nets are ldm's ``UNetModel`` (SD1.5 / SD2 / SDXL topologies at small widths); the VAE is ldm's
-Encoder/Decoder pair with AutoencoderKL's key layout (the Lightning wrapper itself needs
-pytorch_lightning, which the WebUI ships but tests do not need).
+U-Nets are ldm's ``UNetModel`` (SD1.5 / SD2 / SDXL topologies at small widths for tests; full-size SD1.5
+and SDXL U-Nets for benchmarks); the VAE is ldm's Encoder/Decoder pair with AutoencoderKL's key layout
+(the Lightning wrapper itself needs pytorch_lightning, which the WebUI ships but tests do not need).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import types
 
 import torch
+from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
@@ -27,6 +28,16 @@ def randomize_zero_init(module: torch.nn.Module, seed: int = 0, scale: float = 0
     return module
 
 
+def with_label_emb(unet: UNetModel, adm_in_channels: int) -> UNetModel:
+    """SDXL's class embedding of the pooled text + size vector (``y``), as sgm builds it (ldm's UNetModel lacks it)."""
+    width = unet.time_embed[0].out_features  # 4 × model_channels
+    unet.num_classes = "sequential"
+    unet.label_emb = torch.nn.Sequential(torch.nn.Sequential(
+        torch.nn.Linear(adm_in_channels, width), torch.nn.SiLU(), torch.nn.Linear(width, width)))
+    unet.adm_in_channels = adm_in_channels
+    return unet
+
+
 def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_dim=None, attention_resolutions=None):
     """A small UNetModel of the family's topology: SD1.5 (4 levels, attention at 3), SD2 (linear
     projections, context 1024, head width 64), SDXL (3 levels, attention at the 2 lower, context 2048,
@@ -39,12 +50,7 @@ def tiny_unet(family="sd1", model_channels=32, in_channels=4, seed=0, context_di
                          attention_resolutions=attention_resolutions or [2, 4], num_res_blocks=1, channel_mult=(1, 2, 4), num_head_channels=16,
                          use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
                          context_dim=context_dim or 2048, legacy=False)
-        # SDXL's class embedding of the pooled text + size vector, as sgm builds it
-        adm = 64
-        unet.num_classes = "sequential"
-        unet.label_emb = torch.nn.Sequential(torch.nn.Sequential(
-            torch.nn.Linear(adm, 4 * model_channels), torch.nn.SiLU(), torch.nn.Linear(4 * model_channels, 4 * model_channels)))
-        unet.adm_in_channels = adm
+        with_label_emb(unet, 64)
     elif family == "sd2":
         unet = UNetModel(image_size=32, in_channels=in_channels, out_channels=4, model_channels=model_channels,
                          attention_resolutions=attention_resolutions or [4, 2, 1], num_res_blocks=1, channel_mult=(1, 2, 4, 4),
@@ -77,14 +83,78 @@ def sd2_unet_full_blocks(model_channels=32, seed=0, context_dim=1024):
     return randomize_zero_init(unet, seed).eval()
 
 
-def sdxl_unet_full_blocks(model_channels=32, seed=0, context_dim=64):
-    """SDXL's block layout (3 levels, 2 res blocks a level, 9 output blocks) at a small width."""
+def sdxl_unet_full_blocks(model_channels=32, seed=0, context_dim=64, adm_in_channels=0):
+    """SDXL's block layout (3 levels, 2 res blocks a level, 9 output blocks) at a small width; with SDXL's ``y``
+    embedding when ``adm_in_channels`` is given."""
     torch.manual_seed(seed)
     unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=model_channels,
                      attention_resolutions=[2, 4], num_res_blocks=2, channel_mult=(1, 2, 4), num_head_channels=16,
                      use_spatial_transformer=True, use_linear_in_transformer=True, transformer_depth=1,
                      context_dim=context_dim, legacy=False)
+    if adm_in_channels:
+        with_label_emb(unet, adm_in_channels)
     return randomize_zero_init(unet, seed).eval()
+
+
+def sd15_unet(seed=0):
+    """SD1.5's U-Net at full size (model_channels 320, context 768; 860 M parameters), random weights."""
+    torch.manual_seed(seed)
+    unet = UNetModel(image_size=64, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+                     num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_heads=8, use_spatial_transformer=True,
+                     transformer_depth=1, context_dim=768, legacy=False)
+    return randomize_zero_init(unet, seed).eval()
+
+
+SDXL_ADM_CHANNELS = 2816  # pooled CLIP-G text (1280) + 6 size/crop embeddings of 256
+
+
+def sdxl_unet(seed=0):
+    """SDXL base's U-Net at full size (2.57 G parameters), random weights. ldm's ``UNetModel`` takes one transformer
+    depth for every level and its ``SpatialTransformer`` runs only depth 1 with a single context, so the U-Net is
+    built with depth 1 and every transformer is then rebuilt as sgm builds it (:class:`SgmSpatialTransformer`):
+    depth 2 at the 640-channel level and 10 at the 1280-channel level and the middle block, SDXL's per-level
+    depths 0/2/10 with its state-dict keys and shapes."""
+    torch.manual_seed(seed)
+    mc = 320
+    unet = UNetModel(image_size=128, in_channels=4, out_channels=4, model_channels=mc, attention_resolutions=[2, 4],
+                     num_res_blocks=2, channel_mult=(1, 2, 4), num_head_channels=64, use_spatial_transformer=True,
+                     use_linear_in_transformer=True, transformer_depth=1, context_dim=2048, legacy=False)
+    depth = {2 * mc: 2, 4 * mc: 10}
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        for i, layer in enumerate(block):
+            if isinstance(layer, SpatialTransformer):
+                ch = layer.in_channels
+                block[i] = SgmSpatialTransformer(ch, ch // 64, 64, depth=depth[ch], context_dim=[2048] * depth[ch],
+                                                 use_linear=True)
+    return randomize_zero_init(with_label_emb(unet, SDXL_ADM_CHANNELS), seed).eval()
+
+
+class SgmSpatialTransformer(SpatialTransformer):
+    """ldm's SpatialTransformer as sgm runs it: every block of a deeper transformer gets the one context
+    (ldm's indexes a list of contexts by block and fails past the first)."""
+
+    def forward(self, x, context=None):
+        if not isinstance(context, list):
+            context = [context] * len(self.transformer_blocks)
+        return super().forward(x, context=context)
+
+
+def to_webui_precision(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` on ``device`` for a run in ``dtype`` under autocast, as the WebUI runs a half-precision model:
+    weights in ``dtype`` on a GPU; on the CPU, whose GroupNorm takes no half weights beside float input (ldm's
+    GroupNorm32 upcasts its input), they stay float32 and autocast computes in ``dtype``. ``alphas_cumprod``
+    stays float32 (as the WebUI keeps it through ``model.half()``), and every U-Net's ``dtype`` (what its forward
+    casts the input to) is set, as the WebUI sets it."""
+    module = module.to(device)
+    if torch.device(device).type != "cpu":
+        kept = {m: m.alphas_cumprod for m in module.modules() if isinstance(getattr(m, "alphas_cumprod", None), torch.Tensor)}
+        module = module.to(dtype)
+        for m, alphas in kept.items():
+            m.alphas_cumprod = alphas
+    for m in module.modules():
+        if isinstance(m, UNetModel):
+            m.dtype = dtype
+    return module
 
 
 class PointwiseUNet(torch.nn.Module):
@@ -162,7 +232,7 @@ def sd_alphas_cumprod() -> torch.Tensor:
 class UNetAsLDM(torch.nn.Module):
     """What k-diffusion's ``CompVisDenoiser`` needs of ldm's LatentDiffusion around a bare U-Net:
     ``alphas_cumprod`` and ``apply_model(x, t, cond)``, ``cond`` the WebUI's dict (``c_crossattn``,
-    optional ``c_concat``) or a plain context tensor."""
+    optional ``c_concat``), SDXL's (``crossattn``, ``vector``) or a plain context tensor."""
 
     def __init__(self, unet):
         super().__init__()
@@ -172,18 +242,21 @@ class UNetAsLDM(torch.nn.Module):
     def apply_model(self, x, t, cond):
         if not isinstance(cond, dict):
             return self.model(x, t, context=cond)
+        if "vector" in cond:
+            return self.model(x, t, context=cond["crossattn"], y=cond["vector"])
         concat = cond.get("c_concat") or []
         return self.model(torch.cat([x, *concat], 1) if concat else x, t, context=torch.cat(cond["c_crossattn"], 1))
 
 
 class TinyAutoencoderKL(torch.nn.Module):
-    """AutoencoderKL's modules and keys (encoder, decoder, quant_conv, post_quant_conv)."""
+    """AutoencoderKL's modules and keys (encoder, decoder, quant_conv, post_quant_conv); small by default,
+    ``TinyAutoencoderKL(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)`` is the SD1.x/SDXL VAE at full size."""
 
-    def __init__(self, ch=32, ch_mult=(1, 2, 2, 2), embed_dim=4, seed=0):
+    def __init__(self, ch=32, ch_mult=(1, 2, 2, 2), embed_dim=4, seed=0, num_res_blocks=1):
         super().__init__()
         torch.manual_seed(seed)
         dd = dict(double_z=True, z_channels=4, resolution=64, in_channels=3, out_ch=3, ch=ch, ch_mult=list(ch_mult),
-                  num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+                  num_res_blocks=num_res_blocks, attn_resolutions=[], dropout=0.0)
         self.encoder = Encoder(**dd)
         self.decoder = Decoder(**dd)
         self.quant_conv = torch.nn.Conv2d(2 * dd["z_channels"], 2 * embed_dim, 1)
@@ -210,7 +283,7 @@ class HashTextEncoder(torch.nn.Module):
         for prompt in prompts:
             ids = [int(hashlib.md5(w.encode()).hexdigest(), 16) % 4096 for w in prompt.split()][:75]
             ids = [0] + ids + [1] * (76 - len(ids))
-            rows.append(self.embedding(torch.tensor(ids)))
+            rows.append(self.embedding(torch.tensor(ids, device=self.embedding.weight.device)))
         return torch.stack(rows) * 0.5
 
 

@@ -15,6 +15,7 @@ from lib_freediff.asd.tiled_vae import tiled_decode, tiled_encode
 from lib_freediff.freeu.unet import FreeUPatch, remove_all_hooks
 from lib_freediff.unet_info import model_family
 from lib_freediff.webui.a1111.controlnet import ControlNetTiles, FirstPassControl, restore_after_failure
+from lib_freediff.webui.host import HostAdapter
 
 NAME = "AUTOMATIC1111"
 # another extension that tiles the U-Net calls: title → the positional index of its 'enabled' argument
@@ -125,9 +126,10 @@ class A1111TiledVAE:
         self._restore.clear()
 
 
-class A1111Host:
+class A1111Host(HostAdapter):
     name = NAME
     peer_tilers = PEER_TILERS
+    FreeU, Tiler, TiledVAE = A1111FreeU, A1111Tiler, A1111TiledVAE
 
     @staticmethod
     def unet(sd_model):
@@ -152,30 +154,9 @@ class A1111Host:
             return f"it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the checkpoint is {family or 'none of them'}"
         return None
 
-    def gated_modules(self, sd_model) -> list:
-        modules = []
-        for name in ("cond_stage_model", "conditioner"):
-            module = getattr(sd_model, name, None)
-            if module is not None and hasattr(module, "register_forward_pre_hook"):
-                modules.append(module)
-        unet = self.unet(sd_model)
-        if unet is not None:
-            modules.append(unet)
-        return modules
-
-    def freeu(self, factors, tiles=None) -> A1111FreeU:
-        """FreeU with ``factors``; ``tiles``: the statistics its stages share inside a tiled pass."""
-        return A1111FreeU(factors, tiles)
-
-    def tiler(self, p, build, controlnet) -> A1111Tiler:
-        return A1111Tiler(p, build, controlnet)
-
-    def tiled_vae(self, p, tiles) -> A1111TiledVAE:
-        """``tiles(height_px, width_px)``: whether an image of that size is decoded/encoded in tiles."""
-        return A1111TiledVAE(p, tiles)
-
-    def prepare_hires(self, p, turned_on: bool) -> None:
-        pass  # v1.10's hires fix takes its sampler, prompts and CFG from the first pass when left unset
+    def text_encoders(self, sd_model) -> list:
+        found = (getattr(sd_model, name, None) for name in ("cond_stage_model", "conditioner"))
+        return [m for m in found if m is not None and hasattr(m, "register_forward_pre_hook")]
 
     def controlnet_tiles(self, p, feature: str):
         return ControlNetTiles.of(p, feature)

@@ -18,24 +18,12 @@ from lib_freediff.asd.tiled_vae import tiled_decode, tiled_encode_moments
 from lib_freediff.freeu.unet import FreeUBlockPatch
 from lib_freediff.unet_info import model_channels
 from lib_freediff.webui.forge.controlnet import ForgeControlNetTiles
-from lib_freediff.webui.forge.tiling import ForgeTiler, KeptOnClone
+from lib_freediff.webui.forge.clones import KeptOnClone, Placed
+from lib_freediff.webui.forge.tiling import ForgeTiler
+from lib_freediff.webui.host import HostAdapter
 
 NAME = "Forge"
 PEER_TILERS = {"MultiDiffusion Integrated": 0}
-
-
-class Placed:
-    """One clone a feature put on ``forge_objects`` in place of ``original``. ``restore`` puts the original back if the
-    clone, or a later clone of it (another extension's patch on top), is still there: ``carries(obj)`` tells."""
-
-    def __init__(self, objects, attr: str, original, clone, carries):
-        self.objects, self.attr, self.original, self.clone, self.carries = objects, attr, original, clone, carries
-        setattr(objects, attr, clone)
-
-    def restore(self) -> None:
-        current = getattr(self.objects, self.attr, None)
-        if current is self.clone or (current is not None and self.carries(current)):
-            setattr(self.objects, self.attr, self.original)
 
 
 def _output_block_patches(unet) -> list:
@@ -132,9 +120,10 @@ class ForgeTiledVAE:
         self.placed.clear()
 
 
-class ForgeHost:
+class ForgeHost(HostAdapter):
     name = NAME
     peer_tilers = PEER_TILERS
+    FreeU, Tiler, TiledVAE = ForgeFreeU, ForgeTiler, ForgeTiledVAE
 
     @staticmethod
     def unet(sd_model):
@@ -167,26 +156,10 @@ class ForgeHost:
                     "(Flux, SD3 and other transformer models have no U-Net)")
         return None
 
-    def gated_modules(self, sd_model) -> list:
-        """The text encoders as Forge runs them (its text engines call each encoder's ``transformer``) and the U-Net."""
-        modules = []
+    def text_encoders(self, sd_model) -> list:
+        """As Forge runs them: its text engines call each CLIP encoder's ``transformer``."""
         clip = getattr(getattr(getattr(sd_model, "forge_objects", None), "clip", None), "cond_stage_model", None)
-        for encoder in (clip.children() if clip is not None else ()):
-            modules.append(getattr(encoder, "transformer", encoder))
-        unet = self.unet(sd_model)
-        if unet is not None:
-            modules.append(unet)
-        return modules
-
-    def freeu(self, factors, tiles=None) -> ForgeFreeU:
-        """FreeU with ``factors``; ``tiles``: the statistics its stages share inside a tiled pass."""
-        return ForgeFreeU(factors, tiles)
-
-    def tiler(self, p, build, controlnet) -> ForgeTiler:
-        return ForgeTiler(p, build, controlnet)
-
-    def tiled_vae(self, p, tiles) -> ForgeTiledVAE:
-        return ForgeTiledVAE(p, tiles)
+        return [getattr(encoder, "transformer", encoder) for encoder in (clip.children() if clip is not None else ())]
 
     def prepare_hires(self, p, turned_on: bool) -> None:
         """Forge's hires fix has fields of its own: its CFG (``hr_cfg``, 1.0 by default in the API: the hires pass
@@ -202,18 +175,11 @@ class ForgeHost:
         return ForgeControlNetTiles.of(p, feature)
 
     @staticmethod
-    def first_pass_control(p) -> None:
-        return None  # Forge's ControlNet resizes each unit's control to every call's latent: a pass gets its own
-
-    @staticmethod
     def fastcomposer_text(sd_model):
         """FastComposer's wrapper on the prompt path of ``sd_model`` (refuses a text processing it cannot follow)."""
         from lib_freediff.webui.forge.fastcomposer import ForgePromptHooks
 
         return ForgePromptHooks(sd_model)
-
-    def after_failure(self, p) -> None:
-        pass  # Forge's ControlNet and ours patch per-pass clones: nothing is left on shared objects
 
     @staticmethod
     def device():

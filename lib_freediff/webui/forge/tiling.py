@@ -17,23 +17,11 @@ from contextlib import contextmanager
 
 from backend.sampling.sampling_function import compute_cond_indices, compute_cond_mark
 
+from lib_freediff.webui.forge.clones import KeptOnClone, Placed
 from lib_freediff.webui.forge.controlnet import ControlCrops
 
 # what the sampling function adds to a call's conditioning; made again for each tile call
 PER_CALL = ("transformer_options", "control", "control_model")
-
-
-class KeptOnClone:
-    """A callable put in a patcher's options: ``clone()`` deep-copies them, and every copy must stay this object."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 class ForgeTiledUNet(KeptOnClone):
@@ -106,7 +94,7 @@ class ForgeTiler:
         self.tiler = build(self.wrapper.unet_call, "x0")
         self.tiler.tile_context = self.wrapper.tiles
         self.wrapper.tiler = self.tiler
-        self.placed = []
+        self.placed: list[Placed] = []
         self.place(p)
 
     def place(self, p) -> None:
@@ -118,8 +106,7 @@ class ForgeTiler:
         clone = unet.clone()
         clone.set_model_unet_function_wrapper(self.wrapper)
         clone.set_memory_peak_estimation_modifier(self._tile_call_memory(unet))
-        self.placed.append((objects, unet, clone))
-        objects.unet = clone
+        self.placed.append(Placed(objects, "unet", unet, clone, self._carries))
 
     def _carries(self, unet) -> bool:
         return unet.model_options.get("model_function_wrapper") is self.wrapper
@@ -140,9 +127,8 @@ class ForgeTiler:
             self.tiler.set_step(step, steps)
 
     def close(self) -> None:
-        for objects, original, clone in reversed(self.placed):
-            if objects.unet is clone or self._carries(objects.unet):
-                objects.unet = original
+        for placed in reversed(self.placed):
+            placed.restore()
         self.placed.clear()
         self.wrapper.tiler = None
         self.tiler.reset()

@@ -10,6 +10,8 @@ _A1111 = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)
 with open(_A1111) as f:
     exec(compile(f.read(), _A1111, "exec"))
 
+from modules import sd_models  # noqa: E402
+
 
 def reset_forge_objects(sd_model, after_lora=True):
     sd_model.forge_objects = (sd_model.forge_objects_after_applying_lora if after_lora else sd_model.forge_objects_original).shallow_copy()
@@ -24,6 +26,23 @@ def _txt2img_init(self, hr_checkpoint_name=None, hr_additional_modules=None, hr_
     _a1111_txt2img_init(self, **kwargs)
     self.hr_checkpoint_name, self.hr_additional_modules = hr_checkpoint_name, hr_additional_modules
     self.hr_cfg, self.hr_distilled_cfg, self.distilled_cfg_scale = hr_cfg, hr_distilled_cfg, distilled_cfg_scale
+
+
+def process_images(p):  # noqa: F811 (Forge's)
+    """Forge loads the generation's checkpoint after ``before_process`` (the one chosen in the UI or an API
+    override): before it, ``p.sd_model`` may be the previous model or Forge's placeholder."""
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    stored_opts = {k: opts.data[k] for k in p.override_settings.keys() if k in opts.data}
+    try:
+        for k, v in p.override_settings.items():
+            setattr(opts, k, v)
+        p.sd_model, _ = sd_models.forge_model_reload()
+        res = process_images_inner(p)
+    finally:
+        for k, v in stored_opts.items():
+            setattr(opts, k, v)
+    return res
 
 
 def process_images_inner(p):  # noqa: F811 (Forge's)

@@ -9,3 +9,21 @@ with open(_A1111) as f:
     exec(compile(f.read(), _A1111, "exec"))
 
 model_data = types.SimpleNamespace(sd_model=None, forge_loading_parameters={})
+
+
+class FakeInitialModel:
+    """What ``shared.sd_model`` is in Forge before its first generation loads a checkpoint."""
+
+    def __init__(self):
+        self.cond_stage_model = None
+        self.chunk_length = 75
+
+
+def forge_model_reload():
+    """Loads the chosen checkpoint if it is not the loaded one: here ``model_data.sd_model`` when a test set one."""
+    from modules import shared
+
+    if model_data.sd_model is not None and shared.sd_model is not model_data.sd_model:
+        shared.sd_model = model_data.sd_model
+        return shared.sd_model, True
+    return shared.sd_model, False

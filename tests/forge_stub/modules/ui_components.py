@@ -4,6 +4,18 @@ Forge's gradio_extensions turns the ``_js=`` its code passes into gradio 4's ``j
 from functools import wraps
 
 import gradio as gr
+import gradio.component_meta
+
+_create_or_modify_pyi = gradio.component_meta.create_or_modify_pyi
+
+
+def _no_pyi_for_webui_components(component_class, class_name, events):
+    # Forge's gradio_extensions: gradio 4 writes a .pyi beside a new component's module, unless the class opts out
+    if not hasattr(component_class, "webui_do_not_create_gradio_pyi_thank_you"):
+        _create_or_modify_pyi(component_class, class_name, events)
+
+
+gradio.component_meta.create_or_modify_pyi = _no_pyi_for_webui_components
 
 
 class FormComponent:

@@ -1,6 +1,9 @@
-"""Per-image noise from per-image seeds, so an image does not depend on its batch (as the WebUI)."""
+"""Per-image noise from per-image seeds, so an image does not depend on its batch (as the WebUI); drawn on
+the CPU and moved to ``devices.device``, as the WebUI's "CPU" noise source."""
 
 import torch
+
+from modules import devices
 
 
 class ImageRNG:
@@ -12,9 +15,9 @@ class ImageRNG:
 
     def first(self):
         self.is_first = False
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(devices.device)
 
     def next(self):
         if self.is_first:
             return self.first()
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(devices.device)

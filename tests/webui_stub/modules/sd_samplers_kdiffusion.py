@@ -50,7 +50,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
 
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
-        sigmas = self.get_sigmas(p, steps)
+        sigmas = self.get_sigmas(p, steps).to(x.device)  # k-diffusion's steps divide x by sigmas of shape (1, 1, 1, 1)
         sigma_sched = sigmas[steps - t_enc - 1:]
         xi = x + noise * sigma_sched[0]
         extra_params_kwargs = self.initialize(p)
@@ -64,7 +64,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
-        sigmas = self.get_sigmas(p, steps)
+        sigmas = self.get_sigmas(p, steps).to(x.device)
         x = x * sigmas[0]
         extra_params_kwargs = self.initialize(p)
         parameters = inspect.signature(self.func).parameters
