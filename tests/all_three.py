@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from harness import make_image, prompt_encoder, unet_contexts
+import pytest
+
+from harness import (b64_png, image_from_b64, infotexts_of, make_image, noun_positions, prompt_encoder, same_images,
+                     unet_contexts, unet_fails_at_call, unet_interrupts_at_call)
 from lib_freediff.fastcomposer.conditioning import delayed_switch_step
 from lib_freediff.webui import fastcomposer as fc
 from lib_freediff.presets import feature_slug
@@ -20,6 +23,8 @@ CLEAN = "a man and a woman at the beach"
 NEGATIVE = "blurry"
 IMAGES = [make_image(48, 64, seed=11), make_image(64, 40, seed=12)]
 ALPHA = 0.5
+SIZES = [(1000, 600, 512), (301, 173, 128)]  # (width, height, tile px): 2×2 tiles of 504×304 px; 3×2 of 104×88 px
+KEYS = ("FastComposer: ", "FreeU: version=2", "ASD: width={width} height={height}")
 
 
 def settings(width: int, height: int, tile: int = 512, alpha: float = ALPHA, **asd) -> dict:
@@ -116,3 +121,75 @@ def check_infotext_round_trip(webui, infotext: str, values: dict, tab: str = "tx
         for name, value in named.items():
             if name != "images":
                 assert pasted[controls[name].elem_id] == value, (title, name, pasted[controls[name].elem_id], value)
+
+
+# -- the scenarios, run by each leg's tests -------------------------------------------------------------------------
+
+def generate(webui, values: dict, extra: dict | None = None):
+    """txt2img with the three panels' ``values`` (and other scripts' ``extra`` args) through the UI's path: the result
+    and the U-Net calls (:func:`unet_calls`)."""
+    args = {**ui_args(webui, values), **(extra or {})}
+    return unet_calls(lambda: webui.txt2img(args, prompt=PROMPT, negative_prompt=NEGATIVE, steps=4))
+
+
+def has_all_keys(infotext: str, width: int, height: int) -> bool:
+    return all(key.format(width=width, height=height) in infotext for key in KEYS)
+
+
+def check_tiled_pass(calls) -> dict:
+    """The subjects in every U-Net call of the hires pass (every call not of the first call's size), every tile in every
+    step; returns the counts."""
+    rows = expected_rows(noun_positions(CLEAN, ["man", "woman"]))
+    tiled = check_subjects_in_pass([c for c in calls if c[0] != calls[0][0]], rows)
+    assert tiled["steps"] == 4 and tiled["switch"] == 2
+    assert all(n >= 4 for n in tiled["tiles_per_step"].values()), tiled  # 2×2 or 3×2 tiles, more on the covering step
+    return tiled
+
+
+def check_ui_generation(webui, width: int, height: int, tile: int) -> None:
+    """The exact size, the subjects in the first pass (text alone before its switch) and in every tile of the hires
+    pass, and an infotext that pastes all three panels back."""
+    values = settings(width, height, tile)
+    res, calls = generate(webui, values)
+    assert res.images[0].size == (width, height)
+    first_pass = [c for c in calls if c[0] == calls[0][0]]
+    assert check_subjects_in_pass(first_pass, expected_rows(noun_positions(CLEAN, ["man", "woman"])))["tile_calls"] == 4
+    check_tiled_pass(calls)
+    assert has_all_keys(res.infotexts[0], width, height)
+    check_infotext_round_trip(webui, res.infotexts[0], values)
+
+
+def check_api_generation(webui):
+    """The three in one API request to 301×173 (named form, base64 images): the size, the infotext of all three that
+    pastes back. Returns the answer to the same request with one marker too few (the leg checks its host's 422)."""
+    client = webui.api_client()
+    values = settings(301, 173, 128)
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": 4, "seed": 3,
+                                               "alwayson_scripts": api_scripts(values, b64_png)})
+    assert r.status_code == 200, r.text[-500:]
+    assert image_from_b64(r.json()["images"][0]).size == (301, 173)
+    info = infotexts_of(r.json())[0]
+    assert has_all_keys(info, 301, 173) and "alpha=0.5 subjects=2" in info
+    check_infotext_round_trip(webui, info, values)
+    return client.post("/sdapi/v1/txt2img", json={"prompt": "a man img", "steps": 2, "alwayson_scripts": api_scripts(values, b64_png)})
+
+
+def check_failure_and_interrupt(webui, bare, unet) -> None:
+    """A U-Net failure and an interrupt in the tiled pass (call 12: the first pass makes 4), then the host's own image."""
+    values = settings(301, 173, 128)
+    with unet_fails_at_call(unet, 12), pytest.raises(RuntimeError, match="simulated"):
+        generate(webui, values)
+    with unet_interrupts_at_call(unet, 12):
+        generate(webui, values)
+    assert same_images(bare.txt2img(prompt=CLEAN, steps=2), webui.txt2img(prompt=CLEAN, steps=2))
+
+
+def check_beside_controlnet(webui, unit: dict):
+    """The three at 301×173 with a ControlNet unit of the host's ControlNet stand-in: the size, the subjects in every
+    tile, all three keys, and the control acting. Returns the U-Net calls."""
+    res, calls = generate(webui, settings(301, 173, 128), {"ControlNet": [unit]})
+    assert res.images[0].size == (301, 173) and has_all_keys(res.infotexts[0], 301, 173)
+    check_tiled_pass(calls)
+    without, _ = generate(webui, settings(301, 173, 128), {"ControlNet": [None]})
+    assert not same_images(res, without), "the control must act"
+    return calls

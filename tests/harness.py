@@ -213,6 +213,15 @@ def changed_tokens(contexts_a, contexts_b):
     return [[(r, t) for r, t in (a != b).any(-1).nonzero().tolist()] for a, b in zip(contexts_a, contexts_b)]
 
 
+def augmented_steps(contexts_a, contexts_b, steps: int, calls_per_step: int) -> tuple[list, list]:
+    """(the sampler step of each U-Net call whose context differs between two runs, the step of every call): a
+    second-order sampler makes ``calls_per_step`` calls a step, one at its last (it ends at sigma 0)."""
+    differs = [not torch.equal(a, b) for a, b in zip(contexts_a, contexts_b)]
+    assert len(differs) == steps * calls_per_step - (calls_per_step - 1)
+    step_of_call = [min(i // calls_per_step, steps - 1) for i in range(len(differs))]
+    return [s for s, d in zip(step_of_call, differs) if d], step_of_call
+
+
 def prompt_encoder():
     """The host's text encoding of the loaded model: A1111's ``cond_stage_model``, Forge's ``text_processing_engine``
     (both have ``tokenize`` and ``tokenize_line`` and encode a list of texts when called)."""

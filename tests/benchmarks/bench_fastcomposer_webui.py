@@ -24,7 +24,8 @@ import statistics
 import sys
 import time
 
-DIAG = "/freediff/v1/diagnostics/unet"
+from bench_freeu_webui import DIAG, diagnostics_client
+
 FC, FREEU, ASD = "FastComposer", "FreeU", "Any-Size Diffusion"
 PROMPT, CLEAN = "a man img and a woman img at the beach, photo", "a man and a woman at the beach, photo"
 
@@ -67,8 +68,10 @@ def run(http, payload) -> dict:
     wall = time.perf_counter() - started
     if r.status_code != 200:
         sys.exit(f"HTTP {r.status_code}: {r.text[-600:]}")
-    report = http.get(DIAG).json()
-    return {"wall": wall, "report": report, "info": r.json()["info"]}
+    from PIL import Image
+
+    size = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size
+    return {"wall": wall, "report": http.get(DIAG).json(), "info": r.json()["info"], "size": size}
 
 
 def step_cost(http, args, base, images) -> None:
@@ -107,7 +110,7 @@ def three_together(http, args, base, images) -> None:
         results[name] = run(http, payload)
         r = results[name]["report"]
         print(f"  {name}: {r['calls']} U-Net calls, {r['latent_cells']} latent cells, steps {r['step_seconds']:.1f} s, "
-              f"wall {results[name]['wall']:.1f} s", flush=True)
+              f"wall {results[name]['wall']:.1f} s, image {results[name]['size']}", flush=True)
     print(f"\n{width}×{height} txt2img, {args.steps} first-pass + {args.hires_steps} hires Euler steps, denoise {args.denoise}")
     print("| | U-Net calls | latent cells | step s | wall s |\n|---|---|---|---|---|")
     for name, res in results.items():
@@ -128,12 +131,7 @@ def main():
     ap.add_argument("--hires-steps", type=int, default=2)
     ap.add_argument("--denoise", type=float, default=0.5)
     args = ap.parse_args()
-    import httpx
-
-    http = httpx.Client(base_url=args.url.rstrip("/"), timeout=7200)
-    if http.get(DIAG).status_code != 200:
-        sys.exit(f"{DIAG} is absent: start the WebUI with FREEDIFF_DIAGNOSTICS=1")
-    host = http.get("/freediff/v1/version").json().get("host")
+    http, host = diagnostics_client(args.url)
     base = {"negative_prompt": "blurry", "steps": args.steps, "width": args.size, "height": args.size, "seed": 1234,
             "sampler_name": "Euler", "cfg_scale": 6, "save_images": False,
             "override_settings": {"sd_model_checkpoint": fastcomposer_checkpoint(http)}}

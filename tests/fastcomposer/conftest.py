@@ -10,8 +10,6 @@ if ROOT not in sys.path:
 
 torch.set_num_threads(1)
 
-from tests.fastcomposer import fixtures  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def tokenize(tokenizer):

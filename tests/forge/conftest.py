@@ -40,6 +40,20 @@ def forge_fc_sd1(tokenizer, model_files):
     return ForgeTinySD("sd1", context_dim=fixtures.EMBED_DIM, clip=(tokenizer, fixtures.trained_looking_text_model()))
 
 
+@pytest.fixture(scope="module")
+def fc_webui(forge_fc_sd1):
+    from harness import WebUI
+
+    return WebUI(sd_model=forge_fc_sd1)
+
+
+@pytest.fixture(scope="module")
+def fc_bare(forge_fc_sd1):
+    from harness import WebUI
+
+    return WebUI(script_files=[], sd_model=forge_fc_sd1)
+
+
 def pass_objects(model) -> tuple:
     """The model's ``forge_objects`` now, the original ones and the ones after LoRAs (each pass starts from these)."""
     return model.forge_objects, model.forge_objects_original, model.forge_objects_after_applying_lora

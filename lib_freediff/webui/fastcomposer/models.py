@@ -4,7 +4,6 @@ the loaded-model cache, file hashes, the loaded SD model's checks, and the panel
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from modules import devices, paths, shared
 
