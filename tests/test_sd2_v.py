@@ -39,7 +39,7 @@ def test_freeu_on_sd2_v(webui, bare, v_calls):
     assert same_images(bare.txt2img(), webui.txt2img({FREEU: [False]}))
     stages = []
     handle = shared.sd_model.model.diffusion_model.register_forward_pre_hook(
-        lambda m, a: stages.append([(s.block_index, s.stage) for s in runtime.get(FREEU).patch.stages]))
+        lambda m, a: stages.append([(s.block_index, s.stage) for s in runtime.get(FREEU).freeu.patch.stages]))
     try:
         res = webui.txt2img({FREEU: [True]})
     finally:
