@@ -77,6 +77,22 @@ def test_the_cond_is_the_core_fuse_of_forges_own_embedding(webui, forge_fc_sd1):
         assert torch.equal(context[1:], engine(["blurry img"]))
 
 
+def test_the_image_is_forges_own_sampled_from_the_core_fuse(webui, bare, forge_fc_sd1):
+    """α = 1, same seed and settings: the image is the one Forge without the extension samples when the marker-free
+    prompt's encoding, fused with the subjects by FastComposer's core, is its conditioning."""
+    engine = forge_fc_sd1.text_processing_engine
+    path = fc.resolve_model("")[1]
+    fused = fc.CACHE.get(path).fuse(engine([CLEAN]), fc.CACHE.subject_embeddings(path, IMAGES), [[2, 5]])
+    encode = forge_fc_sd1.get_learned_conditioning
+    forge_fc_sd1.get_learned_conditioning = lambda texts: fused if list(texts) == [CLEAN] else encode(texts)
+    try:
+        expected = bare.txt2img(prompt=CLEAN, steps=3)
+    finally:
+        del forge_fc_sd1.get_learned_conditioning
+    assert same_images(expected, webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=3))
+    assert not same_images(expected, bare.txt2img(prompt=CLEAN, steps=3))
+
+
 @pytest.mark.parametrize("sampler,calls_per_step", [("Euler", 1), ("Heun", 2)])
 def test_switch_happens_at_the_same_step_as_on_a1111(webui, sampler, calls_per_step):
     alpha, steps = 0.7, 10
@@ -234,3 +250,5 @@ def test_api_named_positional_and_refusals(webui, forge_fc_sd1, monkeypatch):
     monkeypatch.undo()
     shared.sd_model = forge_fc_sd1
     assert not runtime._sessions and post(client, [{"enabled": True, "images": images}]).status_code == 200
+    presets = client.get("/freediff/v1/presets/fastcomposer").json()["presets"]
+    assert {p["name"] for p in presets} >= {"Balanced (alpha 0.7)", "Identity (alpha 0.8)", "Editable (alpha 0.6)"}
