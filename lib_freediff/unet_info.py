@@ -32,7 +32,8 @@ def model_channels(unet: torch.nn.Module) -> int:
 def context_dim(unet: torch.nn.Module) -> int | None:
     """Width of the cross-attention context (768 SD1.x, 1024 SD2.x, 2048 SDXL), from the first attn2."""
     for name, module in unet.named_modules():
-        if name.endswith("attn2.to_k") and isinstance(module, torch.nn.Linear):
+        # torch's Linear, or Forge's operations Linear (a Module of its own with the same in_features)
+        if name.endswith("attn2.to_k") and isinstance(getattr(module, "in_features", None), int):
             return module.in_features
     return None
 

@@ -45,6 +45,37 @@ def bare(sd1):
     return WebUI(script_files=[], sd_model=sd1)
 
 
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """CLIP's tokenizer, offline (tests/fastcomposer/fixtures.py)."""
+    from tests.fastcomposer import fixtures
+
+    return fixtures.build_clip_tokenizer(str(tmp_path_factory.mktemp("clip_tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory):
+    """A tiny FastComposer checkpoint in the official release layout, as .bin and .safetensors."""
+    from tests.fastcomposer import fixtures
+
+    return fixtures.write_tiny_release(str(tmp_path_factory.mktemp("fastcomposer_release")))
+
+
+@pytest.fixture(scope="session")
+def model_files(release):
+    """The release as the WebUI's models/fastcomposer/fastcomposer.safetensors and …/pytorch_model.bin."""
+    import shutil
+
+    from lib_freediff.webui import fastcomposer as fc
+
+    folder = fc.models_dir()
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(release.st_path, os.path.join(folder, "fastcomposer.safetensors"))
+    shutil.copy(release.bin_path, os.path.join(folder, "pytorch_model.bin"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def tilers(monkeypatch):
     """Every TiledDenoiser Any-Size Diffusion's WebUI code creates, with its call history kept."""

@@ -191,3 +191,52 @@ def unet_interrupts_at_call(unet: torch.nn.Module, n: int):
 def unet_forward_counter(unet: torch.nn.Module, record: list, probe):
     """Records ``probe()`` at each U-Net forward; returns the hook handle."""
     return unet.register_forward_pre_hook(lambda module, args: record.append(probe()))
+
+
+def unet_contexts(run):
+    """The result of ``run()`` and the cross-attention context of each U-Net call meanwhile (the host's U-Net: ldm's
+    under A1111, Forge's under its patcher)."""
+    from lib_freediff.webui import host
+
+    record = []
+    unet = host.current().unet(shared.sd_model)
+    handle = unet.register_forward_pre_hook(lambda m, a, kw: record.append(kw["context"].detach().clone()), with_kwargs=True)
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return result, record
+
+
+def changed_tokens(contexts_a, contexts_b):
+    """Per U-Net call: the (row, token) pairs whose vectors differ."""
+    return [[(r, t) for r, t in (a != b).any(-1).nonzero().tolist()] for a, b in zip(contexts_a, contexts_b)]
+
+
+def augmented_steps(contexts_a, contexts_b, steps: int, calls_per_step: int) -> tuple[list, list]:
+    """(the sampler step of each U-Net call whose context differs between two runs, the step of every call): a
+    second-order sampler makes ``calls_per_step`` calls a step, one at its last (it ends at sigma 0)."""
+    differs = [not torch.equal(a, b) for a, b in zip(contexts_a, contexts_b)]
+    assert len(differs) == steps * calls_per_step - (calls_per_step - 1)
+    step_of_call = [min(i // calls_per_step, steps - 1) for i in range(len(differs))]
+    return [s for s, d in zip(step_of_call, differs) if d], step_of_call
+
+
+def prompt_encoder():
+    """The host's text encoding of the loaded model: A1111's ``cond_stage_model``, Forge's ``text_processing_engine``
+    (both have ``tokenize`` and ``tokenize_line`` and encode a list of texts when called)."""
+    return getattr(shared.sd_model, "text_processing_engine", None) or shared.sd_model.cond_stage_model
+
+
+def noun_positions(clean: str, nouns: list) -> list:
+    """Where the host's own tokenization of ``clean`` puts each noun's last token (each must occur once)."""
+    encoder = prompt_encoder()
+    chunks, _ = encoder.tokenize_line(clean)
+    flat = [tok for chunk in chunks for tok in chunk.tokens]
+    out = []
+    for noun in nouns:
+        last = encoder.tokenize([noun])[0][-1]
+        hits = [i for i, tok in enumerate(flat) if tok == last]
+        assert len(hits) == 1, (noun, hits)
+        out.append(hits[0])
+    return out

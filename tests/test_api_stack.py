@@ -51,11 +51,13 @@ def test_refusal_is_a_422_naming_feature_and_field():
 
 
 @pytest.mark.skipif(ANYIO_MAJOR < 4, reason="runs the anyio-3 leg from the anyio-4 venv")
-def test_api_refusals_under_anyio3():
+def test_api_refusals_under_anyio3(tmp_path):
     """Every feature's API tests (refusals included) once more, in a process whose anyio is 3.7.1."""
     assert os.path.isfile(os.path.join(ANYIO3, "anyio", "__init__.py")), \
         f"anyio 3 is missing from {ANYIO3}: bash tests/run_tests.sh installs it"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ANYIO3, os.environ.get("PYTHONPATH", "")]), "FREEDIFF_EXPECT_ANYIO": "3"}
+    # a WebUI data folder of its own: its session's models/fastcomposer comes and goes without touching this one's
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ANYIO3, os.environ.get("PYTHONPATH", "")]), "FREEDIFF_EXPECT_ANYIO": "3",
+           "FREEDIFF_STUB_DATA": str(tmp_path)}
     tests = ["tests/test_api_stack.py", "tests/freeu/test_api.py", "tests/fastcomposer_webui/test_api.py",
              "tests/asd_webui/test_asd_generation.py::test_api_dict_and_list",
              "tests/asd_webui/test_asd_generation.py::test_api_bad_values_name_the_field", "tests/asd_webui/test_asd_generation.py::test_api_img2img"]

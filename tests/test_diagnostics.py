@@ -30,8 +30,14 @@ def test_counts_every_unet_call_when_enabled(sd1, monkeypatch):
     assert report["latent_cells"] == sum(s[0] * s[-2] * s[-1] for s in seen) == 3 * 2 * 8 * 12
     assert [(row["shape"], row["calls"]) for row in report["shapes"]] == [([2, 4, 12, 8], 3)]
     assert 0.3 <= report["shapes"][0]["seconds"] == report["unet_seconds"] <= report["step_seconds"] < 60
+    assert report["callbacks"] == {}  # none of our features was on
     assert client.delete(PATH).json() == {"calls": 0, "latent_cells": 0, "unet_seconds": 0.0, "step_seconds": 0.0,
-                                          "shapes": []}
+                                          "shapes": [], "callbacks": {}}
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a bay", "steps": 3, "width": 64, "height": 64, "seed": 2,
+                                               "alwayson_scripts": {"FreeU": {"args": [{"enabled": True}]}}})
+    assert r.status_code == 200
+    callbacks = client.get(PATH).json()["callbacks"]
+    assert list(callbacks) == ["FreeU"] and callbacks["FreeU"]["calls"] == 3 and 0 <= callbacks["FreeU"]["seconds"] < 5
     diagnostics.COUNTER.detach()
 
 

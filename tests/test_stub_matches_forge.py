@@ -76,6 +76,21 @@ CHECKED = [
     (CONTROLNET, "ControlNetForForgeOfficial.process_before_every_sampling", "forge_controlnet_like.py",
      "ControlNetForForgeScript.process_before_every_sampling"),
     (MULTIDIFFUSION, "MultiDiffusionForForge.title", "forge_multidiffusion_like.py", "MultiDiffusionForForge.title"),
+] + [
+    ("backend/text_processing/classic_engine.py", name) for name in (
+        "CLIPEmbeddingForTextualInversion.__init__", "ClassicTextProcessingEngine.__init__",
+        "ClassicTextProcessingEngine.empty_chunk", "ClassicTextProcessingEngine.tokenize",
+        "ClassicTextProcessingEngine.encode_with_transformers", "ClassicTextProcessingEngine.tokenize_line",
+        "ClassicTextProcessingEngine.process_texts", "ClassicTextProcessingEngine.__call__",
+        "ClassicTextProcessingEngine.process_tokens")
+] + [
+    ("backend/text_processing/parsing.py", "parse_prompt_attention"),
+    ("backend/text_processing/emphasis.py", "get_current_option"),
+    ("backend/text_processing/textual_inversion.py", "Embedding.__init__"),
+    ("backend/text_processing/textual_inversion.py", "EmbeddingDatabase.__init__"),
+    ("backend/text_processing/textual_inversion.py", "EmbeddingDatabase.register_embedding"),
+    ("backend/text_processing/textual_inversion.py", "EmbeddingDatabase.find_embedding_at_position", "modules/sd_hijack_clip.py",
+     "EmbeddingDatabase.find_embedding_at_position"),
 ]
 
 
@@ -128,3 +143,18 @@ def test_multidiffusion_title_and_enabled_argument_are_the_adapters():
     peers = next(ast.literal_eval(n.value) for n in adapter.body if isinstance(n, ast.Assign) and n.targets[0].id == "PEER_TILERS")
     (title, index), = peers.items()
     assert f'return "{title}"' in source and returned[index] == "enabled"
+
+
+def test_sd15_encodes_prompts_through_its_text_engine_with_a_fixed_word_wrap():
+    """What FastComposer's Forge adapter relies on: SD1.5's ``get_learned_conditioning`` runs ``text_processing_engine``
+    (a ClassicTextProcessingEngine, not a module), whose word wrap is fixed at 20 tokens (the adapter's constant), whose
+    emphasis is read from the option at each call, and whose parser reads "None" literally."""
+    adapter = ast.parse(open(os.path.join(TESTS, "..", "lib_freediff", "webui", "forge", "fastcomposer.py"), encoding="utf8").read())
+    backtrack = next(ast.literal_eval(n.value) for n in adapter.body
+                     if isinstance(n, ast.Assign) and n.targets[0].id == "COMMA_PADDING_BACKTRACK")
+    assert "self.text_processing_engine" in _called(os.path.join(SRC, "backend/diffusion_engine/sd15.py"), "StableDiffusion.get_learned_conditioning")
+    engine = open(os.path.join(SRC, "backend/text_processing/classic_engine.py"), encoding="utf8").read()
+    assert "class ClassicTextProcessingEngine:" in engine  # no nn.Module: no hooks on it
+    assert f"comma_padding_backtrack = {backtrack}\n" in engine
+    assert "self.emphasis = emphasis.get_current_option(opts.emphasis)()" in engine
+    assert 'if emphasis == "None":' in open(os.path.join(SRC, "backend/text_processing/parsing.py"), encoding="utf8").read()

@@ -114,6 +114,7 @@ class ASDSession:
         self.plan = plan_for(values, family)
         self.tiler = None
         self.controlnet = None
+        self.first_pass_control = None  # the host's ControlNet held to its first-pass control (A1111)
         self._seed = 0
         self.vae = None
         self._configure(p)
@@ -166,7 +167,9 @@ class ASDSession:
             controlnet.check()  # in txt2img before the first pass: a refusal comes before any model work
         if self.vae is not None:
             self.vae.before_sampling(p)
+        self._restore_first_pass_control()
         if not self.is_img2img and not getattr(p, "is_hr_pass", False):
+            self.first_pass_control = self.adapter.first_pass_control(p)
             return  # the first pass is never tiled
         if self.tiler is not None and self.tiler.sampler is getattr(p, "sampler", None):
             self.tiler.place(p)  # the same pass again (Forge calls this twice in its hires pass)
@@ -198,7 +201,13 @@ class ASDSession:
         steps = denoiser.steps or params.total_sampling_steps
         self.tiler.set_step(denoiser, sampler_step(denoiser.step, steps, denoiser.total_steps), steps)
 
+    def _restore_first_pass_control(self) -> None:
+        if self.first_pass_control is not None:
+            self.first_pass_control.restore()
+            self.first_pass_control = None
+
     def close(self) -> None:
+        self._restore_first_pass_control()
         if self.controlnet is not None:
             self.controlnet.close()
             self.controlnet = None

@@ -1,15 +1,17 @@
 """Opt-in U-Net work counter and timer for benchmarks: with ``FREEDIFF_DIAGNOSTICS=1`` in the WebUI's environment,
 every U-Net call of every generation (ours, plain ones, other extensions' tiled ones) is counted by a forward pre-hook
 and timed up to its forward hook, each sampler step is timed from the ``cfg_denoiser`` to the ``cfg_after_cfg``
-callback (the U-Net calls plus whatever a tiler does around them; Forge has no ``cfg_denoised`` callback), and ``GET /freediff/v1/diagnostics/unet`` reports
-the calls, their input shapes and both times since the last ``DELETE /freediff/v1/diagnostics/unet``. Off (the
-default): nothing is hooked and the routes do not exist."""
+callback (the U-Net calls plus whatever a tiler does around them; Forge has no ``cfg_denoised`` callback), each of our
+features' ``cfg_denoiser`` callbacks is timed (FastComposer's fuse and delayed switch, the tiler's step), and
+``GET /freediff/v1/diagnostics/unet`` reports the calls, their input shapes and these times since the last
+``DELETE /freediff/v1/diagnostics/unet``. Off (the default): nothing is hooked or timed and the routes do not exist."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 
 import torch
 from modules import script_callbacks, shared
@@ -27,6 +29,8 @@ class UNetCounter:
         self.shapes: Counter = Counter()
         self.shape_seconds: Counter = Counter()  # keyed like shapes; None for a call without a tensor input
         self.step_seconds = 0.0
+        self.callback_calls: Counter = Counter()  # by feature: its cfg_denoiser callback's calls and seconds
+        self.callback_seconds: Counter = Counter()
         self._step_started: float | None = None
         self._started: list[tuple] = []  # a stack: a U-Net called inside another's forward is timed on its own
         self._hooked: dict[int, list] = {}
@@ -70,17 +74,31 @@ class UNetCounter:
             self.step_seconds += time.perf_counter() - self._step_started
             self._step_started = None
 
+    @contextmanager
+    def callback(self, feature: str):
+        """Times one of ``feature``'s cfg_denoiser callbacks."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.callback_calls[feature] += 1
+            self.callback_seconds[feature] += time.perf_counter() - started
+
     def report(self) -> dict:
         calls = sum(self.shapes.values())
         cells = sum(n * s[0] * s[-2] * s[-1] for s, n in self.shapes.items())
         return {"calls": calls, "latent_cells": cells, "unet_seconds": round(sum(self.shape_seconds.values()), 4),
                 "step_seconds": round(self.step_seconds, 4),
                 "shapes": [{"shape": list(s), "calls": n, "seconds": round(self.shape_seconds[s], 4)}
-                           for s, n in sorted(self.shapes.items())]}
+                           for s, n in sorted(self.shapes.items())],
+                "callbacks": {f: {"calls": n, "seconds": round(self.callback_seconds[f], 6)}
+                              for f, n in sorted(self.callback_calls.items())}}
 
     def reset(self) -> None:
         self.shapes.clear()
         self.shape_seconds.clear()
+        self.callback_calls.clear()
+        self.callback_seconds.clear()
         self.step_seconds = 0.0
         self._started, self._step_started = [], None
 
@@ -92,6 +110,11 @@ def _sync(x) -> None:
 
 
 COUNTER = UNetCounter()
+
+
+def timed_callback(feature: str):
+    """A context timing one of ``feature``'s cfg_denoiser callbacks when diagnostics are on (else nothing)."""
+    return COUNTER.callback(feature) if enabled() else nullcontext()
 
 
 def _on_cfg_denoiser(params) -> None:

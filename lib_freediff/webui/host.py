@@ -74,6 +74,16 @@ class HostAdapter:
         """The host's ControlNet units of generation ``p``, checked and cropped for the tiled pass (None: none)."""
         raise NotImplementedError
 
+    def first_pass_control(self, p):
+        """The host's ControlNet held to its first-pass control during a txt2img first pass (``restore()`` puts it
+        back), or None where each pass gets its own anyway."""
+        return None
+
+    def fastcomposer_text(self, sd_model):
+        """FastComposer's hooks on ``sd_model``'s prompt path for one generation: ``tokenizer()`` (a ``PromptTokenizer``),
+        ``attach(session)``, ``close()``. Refuses (``ParamError`` on ``model``) a text encoder they cannot follow."""
+        raise NotImplementedError
+
     def after_failure(self, p) -> None:
         """What other extensions leave attached when a generation we took part in raised."""
 

@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 from modules import script_callbacks
 
 from lib_freediff.errors import FreeDiffError
-from lib_freediff.webui import host
+from lib_freediff.webui import diagnostics, host
 
 
 class Session(Protocol):
@@ -84,8 +84,9 @@ def _hook_close(p) -> None:
 
 
 def on_cfg_denoiser(params) -> None:
-    for session in list(_sessions.values()):
-        session.on_cfg_denoiser(params)
+    for feature, session in list(_sessions.items()):
+        with diagnostics.timed_callback(feature):
+            session.on_cfg_denoiser(params)
 
 
 _HTTP_CLASSES: dict[type, type] = {}

@@ -154,6 +154,19 @@ def test_hires_pass_tiles_get_crops_of_the_hires_control(webui):
     assert {s[-2:] for s in script.last_hint_shapes} == {(64, 96), (120, 104)}
 
 
+@pytest.mark.parametrize("tile", [512, 128])
+def test_first_pass_of_the_hires_height_keeps_its_own_control(webui, tile):
+    """301×173: the never-downscale plan's first pass is 312×176 and its hires pass 304×176, the same height, which
+    ControlNet alone takes for the hires pass (its 304-px control then fails in the 312-px first pass). Untiled (one
+    tile) and tiled (3×2 tiles) alike."""
+    script = webui.scripts[("txt2img", CN)]
+    target = {"enabled": True, "width": 301, "height": 173, "tile": tile, "offset_range": min(256, tile), "steps": 1}
+    res = webui.txt2img({ASD: [target], CN: [control()]}, steps=1)
+    assert res.images[0].size == (301, 173)
+    shapes = {s[-2:] for s in script.last_hint_shapes}
+    assert (176, 312) in shapes and ((176, 304) in shapes if tile == 512 else all(w < 304 for h, w in shapes - {(176, 312)}))
+
+
 def test_ip_adapter_same_image_for_every_tile_batch(webui):
     from modules import shared
 

@@ -16,6 +16,16 @@ import sys
 DIAG = "/freediff/v1/diagnostics/unet"
 
 
+def diagnostics_client(url: str):
+    """An HTTP client of the WebUI at ``url`` and the host it says it is; exits when the extension's counter is off."""
+    import httpx
+
+    http = httpx.Client(base_url=url.rstrip("/"), timeout=7200)
+    if http.get(DIAG).status_code != 200:
+        sys.exit(f"{DIAG} is absent: start the WebUI with FREEDIFF_DIAGNOSTICS=1")
+    return http, http.get("/freediff/v1/version").json().get("host")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default=os.environ.get("FREEDIFF_WEBUI_URL", "http://127.0.0.1:7860"))
@@ -23,12 +33,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    import httpx
-
-    http = httpx.Client(base_url=args.url.rstrip("/"), timeout=7200)
-    if http.get(DIAG).status_code != 200:
-        sys.exit(f"{DIAG} is absent: start the WebUI with FREEDIFF_DIAGNOSTICS=1")
-    host = http.get("/freediff/v1/version").json().get("host")
+    http, host = diagnostics_client(args.url)
     base = {"prompt": "a harbour town at dusk, detailed photo", "steps": args.steps, "width": args.size, "height": args.size,
             "seed": 1234, "sampler_name": "Euler", "cfg_scale": 6, "save_images": False}
     runs = {"off": [], "on": []}

@@ -10,13 +10,6 @@ if ROOT not in sys.path:
 
 torch.set_num_threads(1)
 
-from tests.fastcomposer import fixtures  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    return fixtures.build_clip_tokenizer(str(tmp_path_factory.mktemp("clip_tokenizer")))
-
 
 @pytest.fixture(scope="session")
 def tokenize(tokenizer):
@@ -24,8 +17,3 @@ def tokenize(tokenizer):
         return tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
     return tok
 
-
-@pytest.fixture(scope="session")
-def release(tmp_path_factory):
-    """The tiny official-layout checkpoint as .bin and .safetensors."""
-    return fixtures.write_tiny_release(str(tmp_path_factory.mktemp("fastcomposer_release")))

@@ -68,21 +68,25 @@ def tiny_text_model():
     return CLIPTextModel(cfg).eval()
 
 
-def webui_text_encoder(tokenizer):
-    """``sd_model.cond_stage_model`` as the WebUI has it (the stand-in's ``sd_hijack_clip`` wrapper) over a tiny
-    CLIPTextModel of the post-fuse width. Its layer norms get trained-looking affine parameters (with the default
-    ones every token's output has mean 0, and the WebUI's emphasis mean-restore would divide 0 by 0)."""
-    from modules.sd_hijack_clip import build_cond_stage_model
-
-    torch.manual_seed(1)
+def trained_looking_text_model(seed: int = 1):
+    """``tiny_text_model`` whose layer norms have trained-looking affine parameters (with the default ones every
+    token's output has mean 0, and the WebUI's emphasis mean-restore would divide 0 by 0); no gradients."""
+    torch.manual_seed(seed)
     text = tiny_text_model()
     with torch.no_grad():
         for module in text.modules():
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.normal_(1.0, 0.1)
                 module.bias.normal_(0.0, 0.1)
-    text.requires_grad_(False)
-    return build_cond_stage_model(tokenizer, text)
+    return text.requires_grad_(False)
+
+
+def webui_text_encoder(tokenizer):
+    """``sd_model.cond_stage_model`` as the WebUI has it (the stand-in's ``sd_hijack_clip`` wrapper) over
+    ``trained_looking_text_model``, of the post-fuse width."""
+    from modules.sd_hijack_clip import build_cond_stage_model
+
+    return build_cond_stage_model(tokenizer, trained_looking_text_model())
 
 
 def tiny_unet():

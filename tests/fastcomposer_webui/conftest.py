@@ -2,43 +2,17 @@
 WebUI's CLIP text conditioning (stub ``sd_hijack_clip``) over a tiny CLIPTextModel whose width (32) is the
 post-fuse width, and tiny SD1 models around it."""
 
-import os
-import shutil
 from contextlib import contextmanager
 
 import pytest
 import torch
 
-from lib_freediff.webui import fastcomposer as fc
 from lib_freediff.webui import runtime
 from modules import sd_samplers_kdiffusion, shared
 from tests.fastcomposer import fixtures
 from tiny_sd import TinySD
 
 torch.set_num_threads(1)
-
-MODEL_FILE = "fastcomposer.safetensors"
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    return fixtures.build_clip_tokenizer(str(tmp_path_factory.mktemp("clip_tokenizer")))
-
-
-@pytest.fixture(scope="session")
-def release(tmp_path_factory):
-    return fixtures.write_tiny_release(str(tmp_path_factory.mktemp("fastcomposer_release")))
-
-
-@pytest.fixture(scope="session")
-def model_files(release):
-    """The release as models/fastcomposer/fastcomposer.safetensors and …/pytorch_model.bin."""
-    folder = fc.models_dir()
-    os.makedirs(folder, exist_ok=True)
-    shutil.copy(release.st_path, os.path.join(folder, MODEL_FILE))
-    shutil.copy(release.bin_path, os.path.join(folder, "pytorch_model.bin"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ change, when (delayed switch, Euler/Heun, hires, img2img), long/emphasised promp
 import pytest
 import torch
 
-from harness import make_image, same_images, unet_fails_at_call
+from harness import augmented_steps, changed_tokens, make_image, noun_positions, same_images, unet_contexts, unet_fails_at_call
 from lib_freediff.fastcomposer.conditioning import delayed_switch_step
 from lib_freediff.webui import fastcomposer as fc
 from lib_freediff.webui import runtime
@@ -23,37 +23,6 @@ def fc_args(images=IMAGES, alpha=0.7, hires=True, enabled=True, model=""):
     return {FC: [enabled, model, list(images), alpha, hires]}
 
 
-def run_with_contexts(run):
-    """The result of ``run()`` and the U-Net's cross-attention context at each of its calls."""
-    record = []
-    unet = shared.sd_model.model.diffusion_model
-    handle = unet.register_forward_pre_hook(lambda m, a, kw: record.append(kw["context"].detach().clone()), with_kwargs=True)
-    try:
-        res = run()
-    finally:
-        handle.remove()
-    return res, record
-
-
-def changed(ctx_a, ctx_b):
-    """Per call: the (row, token) pairs whose vectors differ."""
-    return [[(r, t) for r, t in (a != b).any(-1).nonzero().tolist()] for a, b in zip(ctx_a, ctx_b)]
-
-
-def webui_positions(clean, nouns):
-    """Where the WebUI's own tokenization (stub sd_hijack_clip.tokenize_line) puts each noun's last token."""
-    clip = shared.sd_model.cond_stage_model
-    chunks, _ = clip.tokenize_line(clean)
-    flat = [tok for chunk in chunks for tok in chunk.tokens]
-    out = []
-    for noun in nouns:
-        last = clip.tokenize([noun])[0][-1]
-        hits = [i for i, tok in enumerate(flat) if tok == last]
-        assert len(hits) == 1, (noun, hits)
-        out.append(hits[0])
-    return out
-
-
 def test_disabled_is_bit_identical_to_no_extension(webui, bare):
     for kwargs in ({}, {"batch_size": 2, "sampler_name": "Heun"}, {"enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2}):
         assert same_images(bare.txt2img(prompt=PROMPT, **kwargs), webui.txt2img(fc_args(enabled=False), prompt=PROMPT, **kwargs))
@@ -69,15 +38,15 @@ def test_alpha_zero_is_bit_identical_to_the_marker_free_prompt(webui, bare):
 
 
 def test_only_the_marked_positions_of_the_cond_change(webui):
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=3, negative_prompt="blurry img"))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=PROMPT, steps=3, negative_prompt="blurry img"))
-    assert webui_positions(CLEAN, ["man", "woman"]) == [2, 5]
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=3, negative_prompt="blurry img"))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=PROMPT, steps=3, negative_prompt="blurry img"))
+    assert noun_positions(CLEAN, ["man", "woman"]) == [2, 5]
     # each call: [cond row, uncond row]; only the cond row's noun tokens change, the negative branch never
-    assert changed(aug, plain) == [[(0, 2), (0, 5)]] * 3
+    assert changed_tokens(aug, plain) == [[(0, 2), (0, 5)]] * 3
 
 
 def test_fused_values_are_the_postfuse_of_text_and_subject(webui):
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=1))
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=1))
     text = shared.sd_model.cond_stage_model([CLEAN])
     model = fc.CACHE.get(fc.resolve_model("")[1])
     subjects = fc.CACHE.subject_embeddings(fc.resolve_model("")[1], IMAGES)
@@ -91,20 +60,17 @@ def test_fused_values_are_the_postfuse_of_text_and_subject(webui):
 def test_switch_happens_at_the_documented_sampler_step(webui, sampler, calls_per_step, alpha, steps):
     switch = delayed_switch_step(alpha, steps)
     assert switch == {(0.7, 10): 3, (0.75, 8): 2}[(alpha, steps)]  # floor((1 - alpha) * steps)
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=alpha), prompt=PROMPT, steps=steps, sampler_name=sampler))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=PROMPT, steps=steps, sampler_name=sampler))
-    on = [not torch.equal(a, b) for a, b in zip(aug, plain)]
-    # Heun: two calls per step, one at the last step (it ends at sigma 0)
-    assert len(on) == steps * calls_per_step - (calls_per_step - 1)
-    step_of_call = [min(i // calls_per_step, steps - 1) for i in range(len(on))]
-    assert [s for s, o in zip(step_of_call, on) if o] == [s for s in step_of_call if s >= switch]
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=alpha), prompt=PROMPT, steps=steps, sampler_name=sampler))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=PROMPT, steps=steps, sampler_name=sampler))
+    augmented, step_of_call = augmented_steps(aug, plain, steps, calls_per_step)
+    assert augmented == [s for s in step_of_call if s >= switch]
 
 
 @pytest.mark.parametrize("hires", [True, False])
 def test_hires_pass_uses_subjects_as_configured(webui, hires):
     kwargs = dict(prompt=PROMPT, steps=4, enable_hr=True, hr_scale=2, hr_second_pass_steps=4, denoising_strength=1.0)
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.5, hires=hires), **kwargs))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0, hires=hires), **kwargs))
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.5, hires=hires), **kwargs))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0, hires=hires), **kwargs))
     on = [not torch.equal(a, b) for a, b in zip(aug, plain)]
     assert on[:4] == [False, False, True, True]
     # the hires pass counts its own steps with the same alpha
@@ -114,8 +80,8 @@ def test_hires_pass_uses_subjects_as_configured(webui, hires):
 def test_img2img_counts_the_steps_it_runs(webui):
     # strength 0.6 of 10 steps: the sampler runs int(0.6 * 10) + 1 = 7 steps → switch at floor(0.3 * 7) = 2
     kwargs = dict(prompt=PROMPT, steps=10, denoising_strength=0.6)
-    res, aug = run_with_contexts(lambda: webui.img2img(fc_args(alpha=0.7), **kwargs))
-    _, plain = run_with_contexts(lambda: webui.img2img(fc_args(alpha=0.0), **kwargs))
+    res, aug = unet_contexts(lambda: webui.img2img(fc_args(alpha=0.7), **kwargs))
+    _, plain = unet_contexts(lambda: webui.img2img(fc_args(alpha=0.0), **kwargs))
     assert [not torch.equal(a, b) for a, b in zip(aug, plain)] == [False, False] + [True] * 5
     assert "FastComposer: " in res.infotexts[0]
 
@@ -131,9 +97,9 @@ def test_beside_controlnet_marked_conds(webui, bare, kwargs):
     clean = kwargs["prompt"].replace(" img", "")
     kwargs = {"steps": 3, **kwargs}
     unet = shared.sd_model.model.diffusion_model
-    plain, plain_ctx = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), **kwargs))
+    plain, plain_ctx = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), **kwargs))
     with controlnet_marking(unet) as seen:
-        marked, marked_ctx = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), **kwargs))
+        marked, marked_ctx = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), **kwargs))
     assert seen and all(c.shape[1] % 77 == 1 and bool(c[:, 0].abs().eq(1024).all()) for c in seen)
     assert len(marked_ctx) == len(plain_ctx) and all(torch.equal(a, b) for a, b in zip(marked_ctx, plain_ctx))
     assert same_images(plain, marked)
@@ -146,13 +112,13 @@ def test_long_emphasised_prompt_over_two_chunks(webui, bare):
     filler = ", ".join(["red brick wall"] * 22)
     prompt = f"a (man img:1.2) standing, {filler}, and (a woman img:1.3) at the beach"
     clean = f"a (man:1.2) standing, {filler}, and (a woman:1.3) at the beach"
-    expected = webui_positions(clean, ["man", "woman"])
+    expected = noun_positions(clean, ["man", "woman"])
     assert expected[1] >= 77  # the woman is in the second chunk
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=prompt, steps=2))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=2))
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=prompt, steps=2))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=2))
     assert aug[0].shape[1] == 154
     # a 154-token cond and a 77-token uncond go to the U-Net in separate calls: cond, uncond per step
-    assert changed(aug, plain) == [[(0, expected[0]), (0, expected[1])], []] * 2
+    assert changed_tokens(aug, plain) == [[(0, expected[0]), (0, expected[1])], []] * 2
     assert same_images(bare.txt2img(prompt=clean, steps=2), webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=2))
 
 
@@ -160,10 +126,10 @@ def test_break_and_comma_backtrack_follow_the_webui(webui):
     filler = " ".join(["stone"] * 66)
     prompt = f"a man img BREAK {filler}, tall green tree, a woman img in a long red dress"
     clean = f"a man BREAK {filler}, tall green tree, a woman in a long red dress"
-    expected = webui_positions(clean, ["man", "woman"])
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=prompt, steps=1))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=1))
-    assert changed(aug, plain)[0] == [(0, expected[0]), (0, expected[1])]
+    expected = noun_positions(clean, ["man", "woman"])
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=prompt, steps=1))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=1))
+    assert changed_tokens(aug, plain)[0] == [(0, expected[0]), (0, expected[1])]
     # BREAK ends chunk 1; chunk 2 fills up at "long" and the comma backtrack moves "a woman in a" on
     assert expected == [2, 2 * 77 + 1 + 1]
 
@@ -175,24 +141,24 @@ def test_textual_inversion_embedding_as_the_marked_word(webui):
     try:
         clip.hijack.embedding_db.register_embedding(Embedding(torch.randn(3, 32), "zqxperson", shorthash="abc"), clip)
         prompt = "a photo of zqxperson img and a woman img at home"
-        _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=prompt, steps=1))
-        _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=1))
+        _, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=prompt, steps=1))
+        _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=prompt, steps=1))
         # bos, a, photo, of, 3 embedding vectors (the last one is fused), and, a, woman
-        assert changed(aug, plain)[0] == [(0, 6), (0, 9)]
+        assert changed_tokens(aug, plain)[0] == [(0, 6), (0, 9)]
     finally:
         clip.hijack.embedding_db = saved
 
 
 def test_batch_count_and_per_image_prompts(webui):
-    res, aug = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=2, batch_size=2, n_iter=2))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=PROMPT, steps=2, batch_size=2, n_iter=2))
+    res, aug = unet_contexts(lambda: webui.txt2img(fc_args(alpha=1.0), prompt=PROMPT, steps=2, batch_size=2, n_iter=2))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(alpha=0.0), prompt=PROMPT, steps=2, batch_size=2, n_iter=2))
     assert len(res.images) == 4 and all("FastComposer: " in t for t in res.infotexts)
-    assert changed(aug, plain) == [[(0, 2), (0, 5), (1, 2), (1, 5)]] * 4
+    assert changed_tokens(aug, plain) == [[(0, 2), (0, 5), (1, 2), (1, 5)]] * 4
     # a different prompt per image: each row gets its own positions
     prompts = ["a man img at home", "a cat and a big dog img"]
-    _, aug = run_with_contexts(lambda: webui.txt2img(fc_args(images=IMAGES[:1], alpha=1.0), prompt=prompts, steps=1, batch_size=2))
-    _, plain = run_with_contexts(lambda: webui.txt2img(fc_args(images=IMAGES[:1], alpha=0.0), prompt=prompts, steps=1, batch_size=2))
-    assert changed(aug, plain) == [[(0, 2), (1, 6)]]
+    _, aug = unet_contexts(lambda: webui.txt2img(fc_args(images=IMAGES[:1], alpha=1.0), prompt=prompts, steps=1, batch_size=2))
+    _, plain = unet_contexts(lambda: webui.txt2img(fc_args(images=IMAGES[:1], alpha=0.0), prompt=prompts, steps=1, batch_size=2))
+    assert changed_tokens(aug, plain) == [[(0, 2), (1, 6)]]
 
 
 def test_infotext_round_trip_through_paste_fields(webui):

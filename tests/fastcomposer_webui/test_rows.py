@@ -11,6 +11,7 @@ import modules
 from harness import make_image
 from lib_freediff.errors import ParamError
 from lib_freediff.webui import fastcomposer as fc
+from lib_freediff.webui import host
 from modules import shared
 from modules.prompt_parser import SdConditioning
 from modules.script_callbacks import CFGDenoiserParams
@@ -49,7 +50,8 @@ def session(model_files):
     model = fc.CACHE.get(path)
     subjects = fc.CACHE.subject_embeddings(path, [make_image(seed=1), make_image(seed=2), make_image(seed=3)])
     p = types.SimpleNamespace()
-    s = fc.FastComposerSession(p, {"alpha": 0.7, "hires": True, "model": "fastcomposer.safetensors"}, model, subjects)
+    s = fc.FastComposerSession(p, {"alpha": 0.7, "hires": True, "model": "fastcomposer.safetensors"}, model, subjects,
+                               host.current().fastcomposer_text(shared.sd_model))
     yield s
     s.close()
 
@@ -173,6 +175,10 @@ def test_webui_cond_cache_is_emptied_at_start_and_end():
     fc.clear_cond_caches(p)
     assert Processing.cached_c == [None, None] and Txt2Img.cached_hr_c == [None, None]
     assert Processing.cached_uc == ["ukey", "uncond"]  # the negative branch is never changed by FastComposer
+    # Forge's caches hold a third entry (the text engine's infotext params): all of it goes
+    Processing.cached_c = p.cached_c = ["key", "cond", {"Emphasis": "No norm"}]
+    fc.clear_cond_caches(p)
+    assert Processing.cached_c == [None, None, None]
 
 
 @pytest.fixture

@@ -35,14 +35,17 @@ def test_refusal_raised_in_an_endpoint_is_a_422_naming_feature_and_field():
 
 
 @pytest.mark.skipif(ANYIO_MAJOR < 4, reason="runs the anyio-3 leg from the anyio-4 one")
-def test_forge_api_tests_under_anyio3():
+def test_forge_api_tests_under_anyio3(tmp_path):
     assert os.path.isfile(os.path.join(ANYIO3, "anyio", "__init__.py")), f"anyio 3 is missing from {ANYIO3}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ANYIO3, os.environ.get("PYTHONPATH", "")]), "FREEDIFF_EXPECT_ANYIO": "3"}
+    # a WebUI data folder of its own: its session's models/fastcomposer comes and goes without touching this one's
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ANYIO3, os.environ.get("PYTHONPATH", "")]), "FREEDIFF_EXPECT_ANYIO": "3",
+           "FREEDIFF_STUB_DATA": str(tmp_path)}
     tests = ["tests/forge/test_forge_api_stack.py", "tests/forge/test_forge_freeu.py::test_api_dict_list_and_bad_value",
              "tests/forge/test_forge_freeu.py::test_a_model_without_unet_is_refused_not_run_plain",
              "tests/forge/test_forge_asd.py::test_api_txt2img_and_img2img_with_controlnet",
              "tests/forge/test_forge_asd.py::test_multidiffusion_integrated_at_the_same_time_is_refused",
-             "tests/forge/test_forge_host.py"]
+             "tests/forge/test_forge_fastcomposer.py::test_api_named_positional_and_refusals",
+             "tests/forge/test_forge_all_three.py::test_api_all_three_exact_odd_size"]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -1,5 +1,6 @@
 """Small random-weight models in Forge's shape: a ForgeDiffusionEngine with ``forge_objects`` (a U-Net patcher over
-a KModel, the CLIP text encoders, the VAE patcher), no ``.model``, ``cond_stage_model`` or ``first_stage_model``.
+a KModel, the CLIP text encoders, the VAE patcher), no ``.model``, ``cond_stage_model`` or ``first_stage_model``; SD1
+models can encode prompts through Forge's text processing engine over a CLIP text model.
 
 The U-Net is ldm's ``UNetModel`` (tiny_sd's topologies) run by Forge's forward: transformer options, input/output
 block patches (before the skip concat) and ControlNet's control added per block. Forge's own Upsample takes the
@@ -20,6 +21,7 @@ from backend.modules.k_model import KModel
 from backend.nn.vae import DiagonalGaussianDistribution
 from backend.patcher.unet import UnetPatcher
 from backend.patcher.vae import VAE
+from backend.text_processing.classic_engine import ClassicTextProcessingEngine
 from tiny_sd import HashTextEncoder, TinyAutoencoderKL, sd_alphas_cumprod, tiny_unet
 
 
@@ -88,22 +90,27 @@ class ForgeAutoencoder(TinyAutoencoderKL):
 
 
 class TextEncoder(torch.nn.Module):
-    """One of CLIP's encoders as Forge's text engine calls it: its ``transformer``."""
+    """One of CLIP's encoders as Forge's text engine calls it (IntegratedCLIP): its ``transformer``."""
 
-    def __init__(self, dim, seed):
+    def __init__(self, transformer):
         super().__init__()
-        self.transformer = HashTextEncoder(dim, seed=seed)
+        self.transformer = transformer
 
 
 class ForgeTinySD(ForgeDiffusionEngine):
     """``shared.sd_model`` on Forge for SD1.5 / SD2 / SDXL topologies (``family``) at tiny widths."""
 
-    def __init__(self, family="sd1", seed=0, context_dim=None):
+    def __init__(self, family="sd1", seed=0, context_dim=None, clip=None):
+        """``clip``: (tokenizer, transformers ``CLIPTextModel`` of the context width): prompts are then encoded as Forge's
+        SD1.5 does, by a ClassicTextProcessingEngine over it (``text_processing_engine``); without it, by word hashes."""
         super().__init__()
         ctx = context_dim or {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
         unet = UnetPatcher(KModel(ForgeUNet(tiny_unet(family, seed=seed, context_dim=context_dim))))
         encoders = torch.nn.Module()
-        encoders.clip_l = TextEncoder(ctx, seed)
+        encoders.clip_l = TextEncoder(HashTextEncoder(ctx, seed=seed) if clip is None else clip[1])
+        self.text_processing_engine = None
+        if clip is not None:
+            self.text_processing_engine = ClassicTextProcessingEngine(encoders.clip_l, clip[0], embedding_expected_shape=ctx)
         clip = types.SimpleNamespace(cond_stage_model=encoders, patcher=None)
         vae = VAE(model=ForgeAutoencoder(seed=seed))
         self.forge_objects = ForgeObjects(unet=unet, clip=clip, vae=vae, clipvision=None)
@@ -118,6 +125,8 @@ class ForgeTinySD(ForgeDiffusionEngine):
         self.sd_model_hash = "0123abcd"
 
     def get_learned_conditioning(self, prompt):
+        if self.text_processing_engine is not None:
+            return self.text_processing_engine(prompt)
         c = self.forge_objects.clip.cond_stage_model.clip_l.transformer(list(prompt))
         if self.is_sdxl:
             return {"crossattn": c, "vector": F.pad(c.mean(dim=1), (0, max(0, 64 - c.shape[-1])))[:, :64]}

@@ -1,7 +1,7 @@
 """Opt-in: the extension in a live Forge (FREEDIFF_WEBUI_URL pointing at lllyasviel/stable-diffusion-webui-forge with this
 extension installed): Forge's built-in ControlNet (ControlNet and IP-Adapter units) inside Any-Size Diffusion's tiled
-pass, its MultiDiffusion Integrated refused beside ours, what Forge cannot run yet refused as 4xx, the tile size by
-model family. Skipped on other hosts, and per scenario when this Forge lacks what it needs. Sizes are small: a CPU
+pass, its MultiDiffusion Integrated refused beside ours, the tile size by model family (FastComposer on either host:
+test_live_fastcomposer.py). Skipped on other hosts, and per scenario when this Forge lacks what it needs. Sizes are small: a CPU
 Forge runs it.
 
     FREEDIFF_WEBUI_URL=http://127.0.0.1:7870 bash tests/run_tests.sh tests/live
@@ -10,7 +10,7 @@ Forge runs it.
 import numpy as np
 import pytest
 
-from .test_live_neighbours import ASD, INIT, TARGET, TARGET_I2I, generate, get, payload, pixels, shapes_image, b64
+from .test_live_neighbours import ASD, TARGET, TARGET_I2I, generate, get, payload, pixels, shapes_image, b64
 from .test_live_webui import URL, host_name, infotext, post, refusal
 
 pytestmark = pytest.mark.skipif(not URL, reason="set FREEDIFF_WEBUI_URL to a running WebUI to run the live suite")
@@ -85,13 +85,6 @@ def test_multidiffusion_integrated_beside_ours_is_refused():
                                                       "MultiDiffusion Integrated": {"args": [True, "MultiDiffusion", 768, 768, 64, 4]}}))
     refusal(r, ASD)
     assert "MultiDiffusion Integrated" in r.json()["detail"]
-
-
-def test_fastcomposer_refused_on_forge():
-    r = post("/sdapi/v1/txt2img", {**payload("txt2img", {"FastComposer": {"args": [{"enabled": True, "images": [INIT]}]}}),
-                                   "prompt": "a man img", "steps": 1})
-    refusal(r, "FastComposer")
-    assert "not available on Forge yet" in r.json()["detail"]
 
 
 def test_tile_auto_is_the_models_native_size():

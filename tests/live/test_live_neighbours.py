@@ -162,8 +162,6 @@ def test_freeu_with_controlnet(cn_models):
     ("FastComposer", {"enabled": True, "images": ["bm90IGFuIGltYWdl"]}, "images"),
 ])
 def test_refusals_are_4xx_naming_the_field(script, args, field):
-    if script == "FastComposer" and host_name() == "Forge":
-        pytest.skip("FastComposer is refused on Forge as a whole (test_live_forge.py)")
     r = post("/sdapi/v1/txt2img", {**BASE, "steps": 2, "prompt": "a man img", "alwayson_scripts": {script: {"args": [args]}}})
     refusal(r, script, field)
 
@@ -191,7 +189,7 @@ def test_sdxl_freeu_and_asd(sdxl):
     assert pixels(asd).shape == (173, 301, 3)
     assert "ASD: " in infotext(asd)
     fc = post("/sdapi/v1/txt2img", {**xl, "prompt": "a man img", "alwayson_scripts": {"FastComposer": {"args": [{"enabled": True, "images": [INIT]}]}}})
-    refusal(fc, "FastComposer", None if host_name() == "Forge" else "model")
+    refusal(fc, "FastComposer", "model")
 
 
 def test_sd2_v_freeu_and_asd():

@@ -3,7 +3,8 @@
 FreeU: forward pre-hooks on the U-Net's output blocks, taken off after the generation. Any-Size Diffusion: the
 tiler replaces the CFG denoiser's inner model (``model_wrap``) for the tiled pass, and the VAE's
 ``decode``/``encode`` are attributes of that one VAE object for the generation. ControlNet is Mikubill's
-sd-webui-controlnet (:mod:`.controlnet`). A refusal hooks the text encoder and the U-Net.
+sd-webui-controlnet (:mod:`.controlnet`). FastComposer: forward hooks on the text encoder (:mod:`.fastcomposer`). A
+refusal hooks the text encoder and the U-Net.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from modules import shared
 from lib_freediff.asd.tiled_vae import tiled_decode, tiled_encode
 from lib_freediff.freeu.unet import FreeUPatch, remove_all_hooks
 from lib_freediff.unet_info import model_family
-from lib_freediff.webui.a1111.controlnet import ControlNetTiles, restore_after_failure
+from lib_freediff.webui.a1111.controlnet import ControlNetTiles, FirstPassControl, restore_after_failure
 from lib_freediff.webui.host import HostAdapter
 
 NAME = "AUTOMATIC1111"
@@ -159,6 +160,18 @@ class A1111Host(HostAdapter):
 
     def controlnet_tiles(self, p, feature: str):
         return ControlNetTiles.of(p, feature)
+
+    @staticmethod
+    def first_pass_control(p) -> FirstPassControl:
+        """ControlNet's units kept on their first-pass control in a txt2img first pass (``restore()`` before the next)."""
+        return FirstPassControl(p)
+
+    @staticmethod
+    def fastcomposer_text(sd_model):
+        """FastComposer's hooks on the prompt path of ``sd_model`` (refuses a text encoder they cannot follow)."""
+        from lib_freediff.webui.a1111.fastcomposer import A1111PromptHooks
+
+        return A1111PromptHooks(sd_model)
 
     def after_failure(self, p) -> None:
         restore_after_failure(p)

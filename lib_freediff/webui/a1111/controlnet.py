@@ -67,6 +67,28 @@ def find_hook(p):
     return None
 
 
+class FirstPassControl:
+    """ControlNet tells the hires pass from the first by the call's height alone (a tie picks the hires control). A
+    txt2img first pass of the hires pass's height but another width (Any-Size Diffusion's never-downscale plans crop
+    the first pass to the render size along the width) would take the hires control, of another width, and fail as
+    cldm's ``h += guided_hint`` does. For the first pass such units' hires control is put aside; :meth:`restore` puts
+    it back (before the hires pass, and at the end)."""
+
+    def __init__(self, p):
+        self.kept = []
+        found = find_hook(p)
+        for param in (found[1].control_params if found is not None else ()):
+            hint, hr = getattr(param, "hint_cond", None), getattr(param, "hr_hint_cond", None)
+            if _is_image(hint) and _is_image(hr) and hint.shape[2] == hr.shape[2] and hint.shape[3] != hr.shape[3]:
+                self.kept.append((param, hr))
+                param.hr_hint_cond = None
+
+    def restore(self) -> None:
+        for param, hires in self.kept:
+            param.hr_hint_cond = hires
+        self.kept.clear()
+
+
 def restore_after_failure(p) -> None:
     """Takes ControlNet's hooks off after a generation that raised: ControlNet removes them only in its own
     ``postprocess``, which the WebUI skips then, and the other tab's next generation would run through them.

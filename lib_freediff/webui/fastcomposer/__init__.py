@@ -1,6 +1,7 @@
 """FastComposer in the WebUI: ``models`` (the models/fastcomposer files, the model cache, the panel's model
-buttons), ``layout`` (markers → token positions through the WebUI's tokenizer), ``session`` (one
-generation's hooks). Importing this package registers the feature's API contract and preset store."""
+buttons), ``layout`` (markers → token positions through the host's tokenizer), ``session`` (one generation's
+hooks; the host's prompt path is its adapter's: ``a1111/fastcomposer.py``, ``forge/fastcomposer.py``). Importing
+this package registers the feature's API contract and preset store."""
 
 from lib_freediff.fastcomposer.loader import model_hash
 from lib_freediff.fastcomposer.model import FEATURE

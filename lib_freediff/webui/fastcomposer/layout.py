@@ -1,15 +1,13 @@
 """Prompt layout: the ``img`` markers of a prompt → the token positions of the marked nouns in the WebUI's
-conditioning, through the WebUI's own prompt parser, tokenizer, emphasis mode, comma backtrack, chunk
-length and textual-inversion database; and the subject counts checked before sampling."""
+conditioning, through the WebUI's own prompt parser and the host's tokenizer, emphasis mode, comma backtrack, chunk
+length and textual-inversion database (:class:`PromptTokenizer`); and the subject counts checked before sampling."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from modules import shared
+from typing import Callable, NamedTuple, Optional
 
 from lib_freediff.errors import FreeDiffError, ParamError
-from lib_freediff.fastcomposer.conditioning import check_subject_count, find_markers, token_positions
+from lib_freediff.fastcomposer.conditioning import FindEmbedding, check_subject_count, find_markers, token_positions
 from lib_freediff.fastcomposer.model import FEATURE
 
 
@@ -50,14 +48,20 @@ def check_prompts(p, n_images: int, hires: bool) -> None:
             check_subject_count(subject_count(prompt, steps), n_images)
 
 
-class Layout(NamedTuple):
-    clean: str
-    positions: list      # conditioning index of each marked noun (last sub-token), in marker order
-    nouns: list
+class PromptTokenizer(NamedTuple):
+    """What the layout needs of a host's prompt tokenizer: its own tokenization and chunking, and its settings (each host
+    adapter builds it from its text encoder: :mod:`lib_freediff.webui.a1111.fastcomposer`, :mod:`...forge.fastcomposer`)."""
+    tokenize: Callable[[str], list]          # one text → token ids, without BOS/EOS
+    tokenize_line: Callable[[str], tuple]    # a prompt line → (chunks with ``.tokens``, token count), as the host encodes it
+    chunk_length: int
+    comma_token: Optional[int]
+    comma_padding_backtrack: int
+    emphasis: bool                           # False: the host reads brackets and BREAK as plain text
+    find_embedding: Optional[FindEmbedding]  # textual-inversion embeddings, or None
 
 
-def _find_embedding(cond_model):
-    db = getattr(getattr(cond_model, "hijack", None), "embedding_db", None)
+def embedding_finder(db) -> Optional[FindEmbedding]:
+    """``find_embedding`` over a host's textual-inversion database (``find_embedding_at_position``), or None."""
     if db is None or not hasattr(db, "find_embedding_at_position"):
         return None
 
@@ -70,33 +74,32 @@ def _find_embedding(cond_model):
     return find
 
 
-def text_layout(cond_model, text: str) -> Layout:
-    """Marker-free text and the positions of its marked nouns in ``cond_model``'s output for it."""
+class Layout(NamedTuple):
+    clean: str
+    positions: list      # conditioning index of each marked noun (last sub-token), in marker order
+    nouns: list
+
+
+def text_layout(tokenizer: PromptTokenizer, text: str) -> Layout:
+    """Marker-free text and the positions of its marked nouns in the host's conditioning for it."""
     markers = find_markers(text)
     if not markers.spans:
         return Layout(text, [], [])
     clean = markers.clean_prompt
-
-    def tokenize(t):
-        return list(cond_model.tokenize([t])[0])
-
-    chunk_length = int(getattr(cond_model, "chunk_length", 75))
     positions, n_chunks = token_positions(
-        clean, markers.spans, tokenize,
-        emphasis=getattr(shared.opts, "emphasis", "Original") != "None",
-        comma_padding_backtrack=int(getattr(shared.opts, "comma_padding_backtrack", 20)),
-        comma_token=getattr(cond_model, "comma_token", None), chunk_length=chunk_length,
-        find_embedding=_find_embedding(cond_model), return_chunks=True)
-    # the WebUI's own tokenizer decides: the chunks and the token at each position must agree
-    chunks, _count = cond_model.tokenize_line(clean)
-    stride = chunk_length + 2
+        clean, markers.spans, tokenizer.tokenize, emphasis=tokenizer.emphasis,
+        comma_padding_backtrack=tokenizer.comma_padding_backtrack, comma_token=tokenizer.comma_token,
+        chunk_length=tokenizer.chunk_length, find_embedding=tokenizer.find_embedding, return_chunks=True)
+    # the host's own tokenizer decides: the chunks and the token at each position must agree
+    chunks, _count = tokenizer.tokenize_line(clean)
+    stride = tokenizer.chunk_length + 2
     if len(chunks) != n_chunks:
         raise FreeDiffError(f"{FEATURE}: the prompt {clean!r} splits into {len(chunks)} chunks in the WebUI but {n_chunks} "
                             "in FastComposer's layout; please report this prompt", feature=FEATURE)
     for noun, pos in zip(markers.nouns, positions):
         c, t = divmod(pos, stride)
         token = chunks[c].tokens[t]
-        ids = tokenize(noun)
+        ids = tokenizer.tokenize(noun)
         if token != 0 and (not ids or token != ids[-1]):  # 0: a textual-inversion vector
             raise FreeDiffError(f"{FEATURE}: could not locate the marked word {noun!r} in the WebUI's tokens of "
                                 f"{clean!r}; please report this prompt", feature=FEATURE)

@@ -4,7 +4,6 @@ the loaded-model cache, file hashes, the loaded SD model's checks, and the panel
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from modules import devices, paths, shared
 
@@ -12,7 +11,7 @@ from lib_freediff.errors import FreeDiffError, ModelFileError, ParamError
 from lib_freediff.fastcomposer.convert import is_fastcomposer_unet
 from lib_freediff.fastcomposer.loader import FastComposerCache, model_hash
 from lib_freediff.fastcomposer.model import FEATURE
-from lib_freediff.unet_info import model_family
+from lib_freediff.webui import host
 
 MODELS_SUBDIR = "fastcomposer"
 MODEL_EXTENSIONS = (".bin", ".safetensors")
@@ -130,16 +129,20 @@ def file_hash(path: str, name: str) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 def unet_of(sd_model):
-    return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    return host.current().unet(sd_model)
 
 
-def loaded_family(sd_model) -> Optional[str]:
+FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3"}
+
+
+def loaded_family(sd_model) -> str:
+    """The loaded checkpoint's family as users name it: by the model's flags (both hosts set them), else by its U-Net
+    (one the host cannot tell counts as SD1: the text encoder's check decides)."""
     for attr, family in (("is_sdxl", "SDXL"), ("is_sd3", "SD3"), ("is_sd2", "SD2")):
         if getattr(sd_model, attr, False):
             return family
-    unet = unet_of(sd_model)
-    fam = model_family(unet) if unet is not None else None
-    return {"sdxl": "SDXL", "sd2": "SD2"}.get(fam or "", "SD1")
+    family = host.current().family(sd_model)
+    return FAMILY_NAMES.get(family or "sd1", str(family).upper())
 
 
 def model_title(sd_model) -> str:
@@ -148,7 +151,7 @@ def model_title(sd_model) -> str:
 
 
 def check_sd_model(sd_model) -> None:
-    """Refuses anything but an SD1.x model with the WebUI's CLIP text conditioning."""
+    """Refuses anything but an SD1.x model (the host's text-encoder checks follow, see ``fastcomposer_text``)."""
     if sd_model is None:
         raise FreeDiffError(f"{FEATURE}: no Stable Diffusion model is loaded", feature=FEATURE)
     # FastComposer's model (SD1.5) cannot serve the loaded checkpoint: the `model` field is the one at odds
@@ -157,14 +160,6 @@ def check_sd_model(sd_model) -> None:
         raise ParamError(FEATURE, "model", f"FastComposer's model needs an SD1.5 model loaded; the loaded checkpoint "
                                            f"({model_title(sd_model)}) is {family}. Load the FastComposer checkpoint "
                                            "(panel: 'Create WebUI checkpoint') or another SD1.5 model.")
-    cond = getattr(sd_model, "cond_stage_model", None)
-    if not all(hasattr(cond, a) for a in ("tokenize", "tokenize_line", "register_forward_pre_hook")):
-        raise ParamError(FEATURE, "model", "FastComposer's model needs the WebUI's CLIP text conditioning "
-                                           "(FrozenCLIPEmbedderWithCustomWords); the loaded checkpoint's text encoder "
-                                           f"is {type(cond).__name__}")
-    if getattr(shared.opts, "use_old_emphasis_implementation", False):
-        raise FreeDiffError(f"{FEATURE} does not work with the setting 'Use old emphasis implementation'; turn it off",
-                            feature=FEATURE)
 
 
 def has_fastcomposer_unet(sd_model, path: str) -> bool:

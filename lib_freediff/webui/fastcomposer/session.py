@@ -1,22 +1,25 @@
-"""FastComposer in one WebUI generation: checks before sampling, the text-encoder hooks that strip the
+"""FastComposer in one WebUI generation: checks before sampling, the prompt-path hooks that strip the
 markers, and the CFG denoiser callback that swaps in the subject-augmented conditioning.
 
 How it hooks in (one generation; everything is removed in postprocess or when ``p`` is closed):
 
-- A forward pre-hook on ``shared.sd_model.cond_stage_model`` (the WebUI's FrozenCLIPEmbedderWithCustomWords)
-  rewrites the ``texts`` it is called with: markers removed, so the model never sees ``img``.
-  ``p.prompt``/``p.all_prompts`` keep them (infotext paste-back reproduces the image). Texts the WebUI
-  marks as negative (``SdConditioning.is_negative_prompt``) pass untouched. For each text the pre-hook
-  computes the token positions of its marked nouns (see ``layout.text_layout``).
-- A forward hook records, for each row of the text encoder's output, which text (and so which
-  positions) it holds, keyed by the row's storage address (the WebUI keeps views of that very tensor in
-  its ``ScheduledPromptConditioning`` entries). The WebUI's cond cache is emptied when the session starts
-  and ends, so every cond of the generation goes through the hook and no marker-stripped cond outlives it.
+- The host adapter's prompt hooks (``host.current().fastcomposer_text``: forward hooks on A1111's
+  ``cond_stage_model``, a wrapper of the model's ``get_learned_conditioning`` on Forge) hand the session the
+  ``texts`` the WebUI encodes; :meth:`FastComposerSession.texts_for_encoder` gives back the ones to encode, markers
+  removed, so the model never sees ``img``. ``p.prompt``/``p.all_prompts`` keep them (infotext paste-back
+  reproduces the image). Texts the WebUI marks as negative (``SdConditioning.is_negative_prompt``) pass untouched.
+  For each text the session computes the token positions of its marked nouns through the host's tokenizer (see
+  ``layout.text_layout``).
+- :meth:`FastComposerSession.encoded` records, for each row of the conditioning made of those texts, which text (and
+  so which positions) it holds, keyed by the row's storage address (the WebUI keeps views of that very tensor in its
+  ``ScheduledPromptConditioning`` entries). The WebUI's cond cache is emptied when the session starts and ends, so
+  every cond of the generation goes through the hooks and no marker-stripped cond outlives it.
 - ``on_cfg_denoiser``: the rows of ``params.text_cond`` are rebuilt in the order the CFG denoiser
   stacks them (each image, each ``AND`` part, the prompt-editing entry active at this call); from the
   switch step on, ``params.text_cond`` is replaced by a copy in which only the marked positions hold
-  ``postfuse(text, subject)``. ``params.text_uncond`` is never changed.
-- sd-webui-controlnet prepends a mark token (every value +1024 for a cond, -1024 for an uncond) to each cond
+  ``postfuse(text, subject)``. ``params.text_uncond`` is never changed. Both hosts sample with the
+  ``text_cond`` the callback leaves (Forge's sampling function compiles its conds from it).
+- sd-webui-controlnet (A1111) prepends a mark token (every value +1024 for a cond, -1024 for an uncond) to each cond
   before sampling, as new tensors: such a row is matched by content to the encoder output behind the mark
   (once per row) and its positions shift by one; ControlNet's U-Net forward takes the mark off again.
 
@@ -84,64 +87,57 @@ def values_for(p, args) -> dict | None:
 
 
 class FastComposerSession:
-    def __init__(self, p, values: dict, model, subjects: torch.Tensor):
+    def __init__(self, p, values: dict, model, subjects: torch.Tensor, prompts):
+        """``prompts``: the host's prompt hooks (``host.current().fastcomposer_text``), attached here."""
         self.p = p
         self.values = values
         self.alpha = float(values["alpha"])
         self.model = model
         self.subjects = subjects            # (n, D) float32, CPU
         self.n_subjects = subjects.shape[0]
-        self.cond_model = shared.sd_model.cond_stage_model
+        self.prompts = prompts
         self.layouts: dict[str, Layout] = {}
         self.records: dict[tuple, Layout] = {}
         self._encoded: list[tuple[torch.Tensor, Layout]] = []
         self._other_rows: dict[tuple, tuple] = {}  # rows the encoder did not make: (layout, shift), looked up once
         self._keep: list[torch.Tensor] = []   # tensors whose storage addresses are keys above
-        self._pending: list = []
         self.in_hires = False
         self.augmented_calls = 0
         self.refused = False
         self._warned = False
-        self._handles = [self.cond_model.register_forward_pre_hook(self._before_encode),
-                         self.cond_model.register_forward_hook(self._after_encode)]
+        prompts.attach(self)
         clear_cond_caches(p)
 
-    # -- text encoder hooks ----------------------------------------------------------------------------
+    # -- the prompt path ---------------------------------------------------------------------------------
 
     def layout_of(self, text: str) -> Layout:
         layout = self.layouts.get(text)
         if layout is None:
-            layout = self.layouts[text] = text_layout(self.cond_model, text)
+            layout = self.layouts[text] = text_layout(self.prompts.tokenizer(), text)
         return layout
 
-    def _before_encode(self, module, args):
-        texts = args[0] if args else None
+    def texts_for_encoder(self, texts):
+        """``(layouts or None, the texts to encode)`` for texts on their way to the host's text encoder: markers
+        removed (the same object when there is nothing to remove); None for texts that are not ours to change
+        (negative prompts, anything but a list of strings)."""
         if (not isinstance(texts, (list, tuple)) or getattr(texts, "is_negative_prompt", False)
                 or not all(isinstance(t, str) for t in texts)):
-            self._pending.append(None)
-            return None
+            return None, texts
         try:
             layouts = [self.layout_of(t) for t in texts]
         except FreeDiffError as e:  # raised inside the WebUI's conditioning: a 4xx for API clients
             raise runtime.http_error(e) from None
-        self._pending.append(layouts)
         clean = [layout.clean for layout in layouts]
-        if clean == list(texts):
-            return None
-        return (_replace_texts(texts, clean), *args[1:])
+        return layouts, (texts if clean == list(texts) else _replace_texts(texts, clean))
 
-    def _after_encode(self, module, args, output):
-        layouts = self._pending.pop() if self._pending else None
-        if layouts is None:
-            return None
-        z = output[0] if isinstance(output, (tuple, list)) else output
+    def encoded(self, layouts: list, z) -> None:
+        """Records the rows of ``z``, the conditioning the host made of the texts of ``layouts``."""
         if not torch.is_tensor(z) or z.ndim != 3 or z.shape[0] != len(layouts):
-            return None
+            return
         self._keep.append(z)
         for i, layout in enumerate(layouts):
             self.records[_row_key(z[i])] = layout
             self._encoded.append((z[i], layout))
-        return None
 
     # -- sampling ---------------------------------------------------------------------------------------
 
@@ -248,29 +244,26 @@ class FastComposerSession:
         self.augmented_calls += 1
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self.prompts.close()
         clear_cond_caches(self.p)
         self.records.clear()
         self._encoded.clear()
         self._other_rows.clear()
         self._keep.clear()
-        self._pending.clear()
 
 
 def clear_cond_caches(p) -> None:
-    """Empties the WebUI's cond caches (``cached_c``/``cached_hr_c``, shared by class): conds made while
-    markers are stripped must not be reused by a generation without FastComposer, and the other way round."""
+    """Empties the WebUI's cond caches (``cached_c``/``cached_hr_c``, shared by class; ``[params, conds]``, on Forge
+    also the encoder's infotext params): conds made while markers are stripped must not be reused by a generation
+    without FastComposer, and the other way round."""
     seen = set()
     holders = [p] + list(type(p).__mro__)
     for name in ("cached_c", "cached_hr_c"):
         for holder in holders:
             cache = vars(holder).get(name) if hasattr(holder, "__dict__") else None
-            if isinstance(cache, list) and len(cache) == 2 and id(cache) not in seen:
+            if isinstance(cache, list) and len(cache) >= 2 and id(cache) not in seen:
                 seen.add(id(cache))
-                cache[0] = None
-                cache[1] = None
+                cache[:] = [None] * len(cache)
 
 
 def check_processing(p, values) -> None:
@@ -293,6 +286,7 @@ def prepare(p, values: dict) -> FastComposerSession:
     name, path = resolve_model(values["model"])
     sd_model = shared.sd_model
     check_sd_model(sd_model)
+    prompts = host.current().fastcomposer_text(sd_model)  # refuses a text encoder it cannot follow
     check_processing(p, values)
     check_prompts(p, len(images), values["hires"])
     try:
@@ -314,7 +308,7 @@ def prepare(p, values: dict) -> FastComposerSession:
             comments[warning] = 1
     values = {**values, "model": name}
     p.extra_generation_params[INFOTEXT_KEY] = infotext_value(values, digest, [image_hash(im) for im in images])
-    return FastComposerSession(p, values, model, subjects)  # attaches the hooks: last, once all checks passed
+    return FastComposerSession(p, values, model, subjects, prompts)  # attaches the hooks: last, once all checks passed
 
 
 def process(p, args) -> None:

@@ -4,7 +4,8 @@ Forge samples through ``p.sd_model.forge_objects``, which it resets from ``forge
 before each sampling pass, then calls ``process_before_every_sampling`` (in the hires pass once more before the
 reset, so patches must be safe to apply twice). Each feature therefore puts its patch on a clone of that pass's
 patcher, as Forge's own FreeU and MultiDiffusion do: FreeU as an output-block patch, Any-Size Diffusion's tiler as
-the U-Net function wrapper (:mod:`.tiling`), the tiled VAE as the VAE patcher's decode/encode wrappers. Nothing
+the U-Net function wrapper (:mod:`.tiling`), the tiled VAE as the VAE patcher's decode/encode wrappers; FastComposer
+wraps the model's text encoding for the generation (:mod:`.fastcomposer`). Nothing
 is put on the shared U-Net; at the end each feature puts back the object it cloned (the next pass starts from
 Forge's own objects anyway, but an img2img's init image is encoded before that reset).
 """
@@ -23,7 +24,6 @@ from lib_freediff.webui.host import HostAdapter
 
 NAME = "Forge"
 PEER_TILERS = {"MultiDiffusion Integrated": 0}
-FASTCOMPOSER = "FastComposer"
 
 
 def _output_block_patches(unet) -> list:
@@ -150,8 +150,6 @@ class ForgeHost(HostAdapter):
 
     def refusal(self, feature: str, sd_model, family: str | None) -> str | None:
         """Why ``feature`` cannot act on a checkpoint of ``family`` (None: it can)."""
-        if feature == FASTCOMPOSER:
-            return "FastComposer is not available on Forge yet (it is on AUTOMATIC1111 v1.10)"
         if family not in ("sd1", "sd2", "sdxl"):
             kind = family or (type(sd_model).__name__ if sd_model is not None else "no model")
             return (f"it works on Stable Diffusion U-Nets (SD1.x, SD2.x, SDXL), and the checkpoint is {kind} "
@@ -175,6 +173,13 @@ class ForgeHost(HostAdapter):
 
     def controlnet_tiles(self, p, feature: str):
         return ForgeControlNetTiles.of(p, feature)
+
+    @staticmethod
+    def fastcomposer_text(sd_model):
+        """FastComposer's wrapper on the prompt path of ``sd_model`` (refuses a text processing it cannot follow)."""
+        from lib_freediff.webui.forge.fastcomposer import ForgePromptHooks
+
+        return ForgePromptHooks(sd_model)
 
     @staticmethod
     def device():

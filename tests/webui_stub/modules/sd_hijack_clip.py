@@ -116,8 +116,9 @@ def parse_prompt_attention(text):
     return out
 
 
-def _apply_emphasis(z, multipliers):
-    mode = getattr(opts, "emphasis", "Original")
+def apply_emphasis(z, multipliers, mode=None):
+    """``z`` weighted by the emphasis multipliers as emphasis ``mode`` (default: the option) does."""
+    mode = mode or getattr(opts, "emphasis", "Original")
     if mode in ("None", "Ignore"):
         return z
     scaled = z * multipliers.reshape(multipliers.shape + (1,)).expand(z.shape)
@@ -148,8 +149,10 @@ class EmbeddingDatabase:
 
     def register_embedding(self, embedding, model):
         """``model``: the cond-stage wrapper (its tokenizer gives the name's ids)."""
+        return self.register_ids(embedding, model.tokenize([embedding.name])[0])
+
+    def register_ids(self, embedding, ids):
         self.word_embeddings[embedding.name] = embedding
-        ids = model.tokenize([embedding.name])[0]
         first = ids[0]
         self.ids_lookup.setdefault(first, [])
         self.ids_lookup[first] = sorted(self.ids_lookup[first] + [(ids, embedding)], key=lambda x: len(x[0]), reverse=True)
@@ -238,102 +241,20 @@ class TextConditionalModel(torch.nn.Module):
 
     def tokenize_line(self, line):
         """One prompt → (list of PromptChunk, token count)."""
-        if getattr(opts, "emphasis", "Original") != "None":
-            parsed = parse_prompt_attention(line)
-        else:
-            parsed = [[line, 1.0]]
-        tokenized = self.tokenize([text for text, _ in parsed])
-
-        chunks = []
-        state = {"chunk": PromptChunk(), "count": 0, "last_comma": -1}
-
-        def close(is_last=False):
-            chunk = state["chunk"]
-            state["count"] += len(chunk.tokens) if is_last else self.chunk_length
-            pad = self.chunk_length - len(chunk.tokens)
-            if pad > 0:
-                chunk.tokens += [self.id_end] * pad
-                chunk.multipliers += [1.0] * pad
-            chunk.tokens = [self.id_start] + chunk.tokens + [self.id_end]
-            chunk.multipliers = [1.0] + chunk.multipliers + [1.0]
-            state["last_comma"] = -1
-            chunks.append(chunk)
-            state["chunk"] = PromptChunk()
-
-        backtrack = opts.comma_padding_backtrack
-        for tokens, (text, weight) in zip(tokenized, parsed):
-            if text == "BREAK" and weight == -1:
-                close()
-                continue
-            position = 0
-            while position < len(tokens):
-                token = tokens[position]
-                chunk = state["chunk"]
-                if token == self.comma_token:
-                    state["last_comma"] = len(chunk.tokens)
-                elif (backtrack != 0 and len(chunk.tokens) == self.chunk_length and state["last_comma"] != -1
-                      and len(chunk.tokens) - state["last_comma"] <= backtrack):
-                    cut = state["last_comma"] + 1
-                    moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
-                    chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
-                    close()
-                    state["chunk"].tokens, state["chunk"].multipliers = moved_tokens, moved_mults
-                if len(state["chunk"].tokens) == self.chunk_length:
-                    close()
-                chunk = state["chunk"]
-
-                embedding, consumed = self.hijack.embedding_db.find_embedding_at_position(tokens, position)
-                if embedding is None:
-                    chunk.tokens.append(token)
-                    chunk.multipliers.append(weight)
-                    position += 1
-                    continue
-                n = int(embedding.vectors)
-                if len(chunk.tokens) + n > self.chunk_length:
-                    close()
-                    chunk = state["chunk"]
-                chunk.fixes.append(PromptChunkFix(len(chunk.tokens), embedding))
-                chunk.tokens += [0] * n
-                chunk.multipliers += [weight] * n
-                position += consumed
-
-        if state["chunk"].tokens or not chunks:
-            close(is_last=True)
-        return chunks, state["count"]
+        parsed = parse_prompt_attention(line) if getattr(opts, "emphasis", "Original") != "None" else [[line, 1.0]]
+        return chunk_prompt(self, parsed, opts.comma_padding_backtrack, self.hijack.embedding_db)
 
     def process_texts(self, texts):
-        token_count = 0
-        cache = {}
-        batch_chunks = []
-        for line in texts:
-            if line in cache:
-                chunks = cache[line]
-            else:
-                chunks, count = self.tokenize_line(line)
-                token_count = max(count, token_count)
-                cache[line] = chunks
-            batch_chunks.append(chunks)
-        return batch_chunks, token_count
+        return process_texts(self, texts)
 
     def forward(self, texts):
         """Texts → ``(B, 77·k, C)``; k is the most chunks any text needs (shorter texts get empty chunks)."""
         batch_chunks, _ = self.process_texts(texts)
-        chunk_count = max(len(x) for x in batch_chunks)
-        zs = []
-        used = {}
-        for i in range(chunk_count):
-            batch_chunk = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
-            tokens = [x.tokens for x in batch_chunk]
-            multipliers = [x.multipliers for x in batch_chunk]
-            self.hijack.fixes = [x.fixes for x in batch_chunk]
-            for fixes in self.hijack.fixes:
-                for _offset, embedding in fixes:
-                    used[embedding.name] = embedding
-            zs.append(self.process_tokens(tokens, multipliers))
+        z, used = encode_chunks(self, batch_chunks, self.hijack)
         hashes = [f"{name}: {e.shorthash}" for name, e in used.items() if e.shorthash]
         if hashes:
             self.hijack.extra_generation_params["TI hashes"] = ", ".join(hashes)
-        return torch.hstack(zs)
+        return z
 
     def process_tokens(self, remade_batch_tokens, batch_multipliers):
         tokens = torch.asarray(remade_batch_tokens).to(devices.device)
@@ -343,7 +264,7 @@ class TextConditionalModel(torch.nn.Module):
                 tokens[row, index + 1:tokens.shape[1]] = self.id_pad
         z = self.encode_with_transformers(tokens)
         multipliers = torch.asarray(batch_multipliers).to(device=z.device, dtype=z.dtype)
-        return _apply_emphasis(z, multipliers)
+        return apply_emphasis(z, multipliers)
 
 
 class FrozenCLIPEmbedderWithCustomWordsBase(TextConditionalModel):
@@ -379,6 +300,108 @@ class FrozenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedderWithCustomWordsBase):
         else:
             z = outputs.last_hidden_state
         return z
+
+
+# --------------------------------------------------------------------------------------------------
+# a prompt line → 75-token chunks, and a batch of chunked prompts → conditioning (the WebUI's tokenize_line,
+# process_texts and forward; Forge's text engine does the same with its own settings)
+# --------------------------------------------------------------------------------------------------
+
+def chunk_prompt(encoder, parsed, backtrack, embedding_db):
+    """``parsed`` (``[[fragment, weight], …]``, ``["BREAK", -1]`` entries) → (list of PromptChunk, token count), with
+    ``encoder``'s ``tokenize``, ``chunk_length``, ``comma_token`` and ids, the comma backtrack ``backtrack`` and the
+    textual-inversion database ``embedding_db``."""
+    tokenized = encoder.tokenize([text for text, _ in parsed])
+    chunks = []
+    state = {"chunk": PromptChunk(), "count": 0, "last_comma": -1}
+
+    def close(is_last=False):
+        chunk = state["chunk"]
+        state["count"] += len(chunk.tokens) if is_last else encoder.chunk_length
+        pad = encoder.chunk_length - len(chunk.tokens)
+        if pad > 0:
+            chunk.tokens += [encoder.id_end] * pad
+            chunk.multipliers += [1.0] * pad
+        chunk.tokens = [encoder.id_start] + chunk.tokens + [encoder.id_end]
+        chunk.multipliers = [1.0] + chunk.multipliers + [1.0]
+        state["last_comma"] = -1
+        chunks.append(chunk)
+        state["chunk"] = PromptChunk()
+
+    for tokens, (text, weight) in zip(tokenized, parsed):
+        if text == "BREAK" and weight == -1:
+            close()
+            continue
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
+            chunk = state["chunk"]
+            if token == encoder.comma_token:
+                state["last_comma"] = len(chunk.tokens)
+            elif (backtrack != 0 and len(chunk.tokens) == encoder.chunk_length and state["last_comma"] != -1
+                  and len(chunk.tokens) - state["last_comma"] <= backtrack):
+                cut = state["last_comma"] + 1
+                moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
+                chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+                close()
+                state["chunk"].tokens, state["chunk"].multipliers = moved_tokens, moved_mults
+            if len(state["chunk"].tokens) == encoder.chunk_length:
+                close()
+            chunk = state["chunk"]
+
+            embedding, consumed = embedding_db.find_embedding_at_position(tokens, position)
+            if embedding is None:
+                chunk.tokens.append(token)
+                chunk.multipliers.append(weight)
+                position += 1
+                continue
+            n = int(embedding.vectors)
+            if len(chunk.tokens) + n > encoder.chunk_length:
+                close()
+                chunk = state["chunk"]
+            chunk.fixes.append(PromptChunkFix(len(chunk.tokens), embedding))
+            chunk.tokens += [0] * n
+            chunk.multipliers += [weight] * n
+            position += consumed
+
+    if state["chunk"].tokens or not chunks:
+        close(is_last=True)
+    return chunks, state["count"]
+
+
+def process_texts(encoder, texts):
+    """Each text's chunks (``encoder.tokenize_line``, once per distinct text) and the largest token count."""
+    token_count = 0
+    cache = {}
+    batch_chunks = []
+    for line in texts:
+        if line in cache:
+            chunks = cache[line]
+        else:
+            chunks, count = encoder.tokenize_line(line)
+            token_count = max(count, token_count)
+            cache[line] = chunks
+        batch_chunks.append(chunks)
+    return batch_chunks, token_count
+
+
+def encode_chunks(encoder, batch_chunks, fixes_holder):
+    """``(B, 77·k, C)`` from each text's chunks, chunk by chunk through ``encoder.process_tokens`` (shorter texts get
+    ``encoder.empty_chunk()``), each chunk's embedding fixes put on ``fixes_holder.fixes`` for the token embedding;
+    and the embeddings used, by name."""
+    chunk_count = max(len(x) for x in batch_chunks)
+    zs = []
+    used = {}
+    for i in range(chunk_count):
+        batch_chunk = [chunks[i] if i < len(chunks) else encoder.empty_chunk() for chunks in batch_chunks]
+        tokens = [x.tokens for x in batch_chunk]
+        multipliers = [x.multipliers for x in batch_chunk]
+        fixes_holder.fixes = [x.fixes for x in batch_chunk]
+        for fixes in fixes_holder.fixes:
+            for _offset, embedding in fixes:
+                used[embedding.name] = embedding
+        zs.append(encoder.process_tokens(tokens, multipliers))
+    return torch.hstack(zs), used
 
 
 def build_cond_stage_model(tokenizer, text_model, hijack=None):

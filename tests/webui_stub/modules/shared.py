@@ -25,6 +25,7 @@ class Options:
             "batch_cond_uncond": True,
             "img2img_fix_steps": False,
             "comma_padding_backtrack": 20,
+            "emphasis": "Original",
             "CLIP_stop_at_last_layers": 1,
         }
         self.__dict__["data_labels"] = {}

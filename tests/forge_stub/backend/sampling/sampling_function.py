@@ -27,6 +27,14 @@ def compute_cond_indices(cond_or_uncond, sigmas):
     return cond_indices, uncond_indices
 
 
+def concat_crossattn(conds):
+    """Cross-attention contexts of several token lengths in one batch, as Forge's ``ConditionCrossAttn.concat``: each
+    repeated along the tokens to their least common multiple (a 154-token cond beside a 77-token uncond: the uncond
+    twice)."""
+    length = math.lcm(*(c.shape[1] for c in conds))
+    return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in conds])
+
+
 def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     """``cond``/``uncond``: dicts of model conditions (``c_crossattn``, ``y``, ``c_concat``) for the images and the
     ControlNet linked list (``control``). Forge batches the chunks that fit in memory; the stand-in batches both unless
@@ -40,7 +48,7 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     for group in groups:
         cond_or_uncond = [kind for _, kind in group]
         input_x = torch.cat([x_in] * len(group))
-        c = {key: torch.cat([conds[key] for conds, _ in group]) for key in group[0][0]}
+        c = {key: (concat_crossattn if key == "c_crossattn" else torch.cat)([conds[key] for conds, _ in group]) for key in group[0][0]}
         timestep_ = torch.cat([timestep] * len(group))
         transformer_options = model_options["transformer_options"].copy() if "transformer_options" in model_options else {}
         transformer_options["cond_or_uncond"] = cond_or_uncond[:]
