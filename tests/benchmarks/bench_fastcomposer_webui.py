@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import os
 import statistics
 import sys
@@ -118,7 +119,7 @@ def three_together(http, args, base, images) -> None:
     for name, res in results.items():
         r = res["report"]
         print(f"| {name} | {r['calls']} | {r['latent_cells']} | {r['step_seconds']:.1f} | {res['wall']:.1f} |")
-    print("infotext:", results["FastComposer + FreeU + ASD"]["info"][:400])
+    print("infotext:", json.loads(results["FastComposer + FreeU + ASD"]["info"])["infotexts"][0])
 
 
 def main():
