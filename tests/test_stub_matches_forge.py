@@ -61,7 +61,7 @@ CHECKED = [
     ("backend/diffusion_engine/sd15.py", "StableDiffusion.encode_first_stage", "forge_sd.py", "ForgeTinySD.encode_first_stage"),
     ("backend/diffusion_engine/sd15.py", "StableDiffusion.decode_first_stage", "forge_sd.py", "ForgeTinySD.decode_first_stage"),
     ("backend/diffusion_engine/sd15.py", "StableDiffusion.get_learned_conditioning", "forge_sd.py", "ForgeTinySD.get_learned_conditioning"),
-    ("modules/sd_samplers_cfg_denoiser.py", "CFGDenoiser.forward"),
+    ("modules/sd_samplers_cfg_denoiser.py", "CFGDenoiser.forward", "modules/sd_samplers_cfg_denoiser.py", "forward"),
     ("modules/scripts.py", "PostprocessImageArgs.__init__"),
     ("modules/scripts.py", "ScriptRunner.process_before_every_sampling"),
     ("modules/ui_components.py", "InputAccordionImpl.__init__"),

@@ -250,17 +250,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if shared.state.interrupted:
             return samples
         self.is_hr_pass = True
-        target_width, target_height = self.hr_upscale_to_x, self.hr_upscale_to_y
         self.sampler = sd_samplers.create_sampler(self.hr_sampler_name or self.sampler_name, self.sd_model)
-        latent_scale_mode = LATENT_UPSCALE_MODES.get(self.hr_upscaler)
-        if latent_scale_mode is not None:
-            samples = F.interpolate(samples, size=(target_height // opt_f, target_width // opt_f), mode=latent_scale_mode["mode"], antialias=latent_scale_mode["antialias"])
-        else:
-            # the stand-in has no upscaler models: every image upscaler resizes bicubically
-            decoded = self.sd_model.decode_first_stage(samples)
-            decoded = F.interpolate(decoded, size=(target_height, target_width), mode="bicubic").clamp(-1, 1)
-            samples = self.sd_model.get_first_stage_encoding(self.sd_model.encode_first_stage(decoded))
-        samples = samples[:, :, self.truncate_y//2:samples.shape[2]-(self.truncate_y+1)//2, self.truncate_x//2:samples.shape[3]-(self.truncate_x+1)//2]
+        samples = self.upscaled_hr_latent(samples)
         self.rng = rng.ImageRNG(samples.shape[1:], self.seeds)
         noise = self.rng.next()
         self.setup_conds()
@@ -270,6 +261,20 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         samples = self.sampler.sample_img2img(self, samples, noise, self.c, self.uc, steps=self.hr_second_pass_steps or self.steps, image_conditioning=self.image_conditioning_zeros(samples))
         self.is_hr_pass = False
         return samples
+
+    def upscaled_hr_latent(self, samples):
+        """The hires pass's starting latent: the first pass's upscaled to the hires size, cropped by ``truncate_x/y``.
+        (The hosts do this inline in ``sample_hr_pass``; a method here so Forge's stand-in shares it.)"""
+        target_width, target_height = self.hr_upscale_to_x, self.hr_upscale_to_y
+        latent_scale_mode = LATENT_UPSCALE_MODES.get(self.hr_upscaler)
+        if latent_scale_mode is not None:
+            samples = F.interpolate(samples, size=(target_height // opt_f, target_width // opt_f), mode=latent_scale_mode["mode"], antialias=latent_scale_mode["antialias"])
+        else:
+            # the stand-in has no upscaler models: every image upscaler resizes bicubically
+            decoded = self.sd_model.decode_first_stage(samples)
+            decoded = F.interpolate(decoded, size=(target_height, target_width), mode="bicubic").clamp(-1, 1)
+            samples = self.sd_model.get_first_stage_encoding(self.sd_model.encode_first_stage(decoded))
+        return samples[:, :, self.truncate_y//2:samples.shape[2]-(self.truncate_y+1)//2, self.truncate_x//2:samples.shape[3]-(self.truncate_x+1)//2]
 
 
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
